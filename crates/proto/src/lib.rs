@@ -13,6 +13,8 @@
 //! - [`packet`]: the [`Packet`] model, one set of types for all versions.
 //! - [`decode`]: check-then-parse incremental decoding ([`decode()`], [`parse_header`]).
 //! - `encode`: [`Packet::encode`] / [`Packet::encoded_len`], sizes computed once.
+//! - [`session`]: per-session protocol state shared by broker and client (in-flight window,
+//!   QoS 2 de-duplication, topic aliases, keep-alive deadlines).
 //! - [`error`]: [`DecodeError`] (each maps to a 5.0 reason code) and [`EncodeError`].
 //!
 //! ## Example
@@ -39,6 +41,7 @@ pub mod error;
 pub mod packet;
 pub mod properties;
 pub mod reason;
+pub mod session;
 pub mod string;
 pub mod topic;
 pub mod types;

@@ -1,0 +1,3 @@
+//! # sagitta-broker
+//!
+//! MQTT broker library (under construction).

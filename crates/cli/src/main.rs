@@ -1,0 +1,2 @@
+//! The `sagitta` command-line tool (under construction).
+fn main() {}

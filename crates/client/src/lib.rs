@@ -1,0 +1,3 @@
+//! # sagitta-client
+//!
+//! MQTT client library (under construction).

@@ -1,0 +1,494 @@
+//! Per-session protocol state shared by broker and client: packet identifiers, the outbound
+//! in-flight window with the QoS 1/2 flows, inbound QoS 2 de-duplication, topic aliases and
+//! keep-alive deadlines. Sans-IO: callers pass time in and send the packets these return.
+//!
+//! Order of use on the sending side: [`OutboundWindow::insert`] a QoS 1/2 message (it assigns a
+//! packet id), send PUBLISH; on PUBACK call [`OutboundWindow::puback`]; on PUBREC call
+//! [`OutboundWindow::pubrec`] and send the PUBREL it asks for; on PUBCOMP call
+//! [`OutboundWindow::pubcomp`]. After a reconnect, [`OutboundWindow::resend`] lists what to
+//! send again, in the original order (PUBLISH with DUP, or PUBREL).
+//!
+//! On the receiving side: [`InboundQos2::publish`] says whether a QoS 2 PUBLISH is new (deliver
+//! it now, forward-on-receipt) or a duplicate (only acknowledge); [`InboundQos2::pubrel`]
+//! releases its packet id.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU16;
+use std::time::{Duration, Instant};
+
+use crate::reason::ReasonCode;
+use crate::string::MqttStr;
+use crate::topic::TopicName;
+use crate::types::{PacketId, QoS};
+
+/// Why an acknowledgement does not fit the session state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FlowError {
+    /// No message in flight has this packet id (5.0: reason 0x92 for PUBREL/PUBCOMP).
+    #[error("packet identifier {0} is not in flight")]
+    UnknownPacketId(u16),
+    /// The acknowledgement does not match the message's QoS or stage (PUBACK for QoS 2...).
+    #[error("unexpected acknowledgement for packet identifier {0}")]
+    UnexpectedAck(u16),
+    /// The window is full: the peer's Receive Maximum is reached.
+    #[error("in-flight window is full")]
+    WindowFull,
+}
+
+/// Where an outbound QoS 1/2 message is in its flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitingPubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitingPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitingPubComp,
+}
+
+#[derive(Debug, Clone)]
+struct Slot<T> {
+    id: PacketId,
+    stage: Stage,
+    item: T,
+}
+
+/// Outbound QoS 1/2 messages in flight, in send order, bounded by the peer's Receive Maximum.
+#[derive(Debug, Clone)]
+pub struct OutboundWindow<T> {
+    slots: VecDeque<Slot<T>>,
+    limit: usize,
+    next_id: u16,
+}
+
+/// Result of a PUBREC.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PubRecOutcome<T> {
+    /// Send PUBREL with this packet id; the message stays in flight until PUBCOMP.
+    SendPubRel(PacketId),
+    /// The receiver refused the message (reason code >= 0x80): the flow ends here.
+    Refused(T, ReasonCode),
+}
+
+impl<T> OutboundWindow<T> {
+    /// An empty window allowing `limit` messages in flight (at least 1).
+    pub fn new(limit: u16) -> Self {
+        Self {
+            slots: VecDeque::new(),
+            limit: usize::from(limit.max(1)),
+            next_id: 1,
+        }
+    }
+
+    /// Changes the limit (e.g. after a new CONNACK). Messages already in flight stay.
+    pub fn set_limit(&mut self, limit: u16) {
+        self.limit = usize::from(limit.max(1));
+    }
+
+    /// Number of messages in flight.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True if nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// True if no more message may be sent until one completes.
+    pub fn is_full(&self) -> bool {
+        self.slots.len() >= self.limit
+    }
+
+    /// Puts a QoS 1/2 message in flight and assigns it an unused packet id.
+    pub fn insert(&mut self, qos: QoS, item: T) -> Result<PacketId, FlowError> {
+        if self.is_full() || self.slots.len() >= usize::from(u16::MAX) {
+            return Err(FlowError::WindowFull);
+        }
+        let stage = match qos {
+            QoS::ExactlyOnce => Stage::AwaitingPubRec,
+            _ => Stage::AwaitingPubAck,
+        };
+        let id = self.allocate();
+        self.slots.push_back(Slot { id, stage, item });
+        Ok(id)
+    }
+
+    fn allocate(&mut self) -> PacketId {
+        loop {
+            let candidate = NonZeroU16::new(self.next_id).unwrap_or(NonZeroU16::MIN);
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            if !self.slots.iter().any(|s| s.id == candidate) {
+                return candidate;
+            }
+        }
+    }
+
+    fn position(&self, id: PacketId) -> Result<usize, FlowError> {
+        self.slots
+            .iter()
+            .position(|s| s.id == id)
+            .ok_or(FlowError::UnknownPacketId(id.get()))
+    }
+
+    fn remove(&mut self, index: usize, id: PacketId) -> Result<T, FlowError> {
+        self.slots
+            .remove(index)
+            .map(|s| s.item)
+            .ok_or(FlowError::UnknownPacketId(id.get()))
+    }
+
+    /// Completes a QoS 1 message.
+    pub fn puback(&mut self, id: PacketId) -> Result<T, FlowError> {
+        let i = self.position(id)?;
+        if self.slots[i].stage != Stage::AwaitingPubAck {
+            return Err(FlowError::UnexpectedAck(id.get()));
+        }
+        self.remove(i, id)
+    }
+
+    /// Advances a QoS 2 message on PUBREC. A repeated PUBREC (after a resend) asks for PUBREL
+    /// again.
+    pub fn pubrec(
+        &mut self,
+        id: PacketId,
+        reason: ReasonCode,
+    ) -> Result<PubRecOutcome<T>, FlowError> {
+        let i = self.position(id)?;
+        match self.slots[i].stage {
+            Stage::AwaitingPubAck => Err(FlowError::UnexpectedAck(id.get())),
+            _ if reason.is_error() => Ok(PubRecOutcome::Refused(self.remove(i, id)?, reason)),
+            _ => {
+                self.slots[i].stage = Stage::AwaitingPubComp;
+                Ok(PubRecOutcome::SendPubRel(id))
+            }
+        }
+    }
+
+    /// Completes a QoS 2 message on PUBCOMP.
+    pub fn pubcomp(&mut self, id: PacketId) -> Result<T, FlowError> {
+        let i = self.position(id)?;
+        if self.slots[i].stage != Stage::AwaitingPubComp {
+            return Err(FlowError::UnexpectedAck(id.get()));
+        }
+        self.remove(i, id)
+    }
+
+    /// What to send again after a reconnect, in the original order: a PUBLISH with DUP set
+    /// for [`Stage::AwaitingPubAck`] and [`Stage::AwaitingPubRec`], a PUBREL for
+    /// [`Stage::AwaitingPubComp`] [MQTT-4.4.0-1].
+    pub fn resend(&self) -> impl Iterator<Item = (PacketId, Stage, &T)> {
+        self.slots.iter().map(|s| (s.id, s.stage, &s.item))
+    }
+
+    /// Removes everything in flight, in order (e.g. when a session ends).
+    pub fn drain(&mut self) -> impl Iterator<Item = (PacketId, Stage, T)> + '_ {
+        self.slots.drain(..).map(|s| (s.id, s.stage, s.item))
+    }
+}
+
+/// What to do with an incoming QoS 2 PUBLISH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos2Publish {
+    /// First time this packet id is seen: deliver the message, answer PUBREC.
+    New,
+    /// A re-send of a message already delivered: answer PUBREC only.
+    Duplicate,
+}
+
+/// Incoming QoS 2 packet ids between PUBLISH and PUBREL.
+#[derive(Debug, Clone, Default)]
+pub struct InboundQos2 {
+    pending: HashSet<u16>,
+}
+
+impl InboundQos2 {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a QoS 2 PUBLISH, refusing a new id when `limit` ids are already pending (5.0:
+    /// the sender exceeded our Receive Maximum, reason 0x93).
+    pub fn publish(&mut self, id: PacketId, limit: usize) -> Result<Qos2Publish, FlowError> {
+        if self.pending.contains(&id.get()) {
+            return Ok(Qos2Publish::Duplicate);
+        }
+        if self.pending.len() >= limit {
+            return Err(FlowError::WindowFull);
+        }
+        self.pending.insert(id.get());
+        Ok(Qos2Publish::New)
+    }
+
+    /// Releases a packet id on PUBREL. The answer is PUBCOMP with Success, or with 0x92
+    /// (Packet Identifier not found) if the id was not pending.
+    pub fn pubrel(&mut self, id: PacketId) -> ReasonCode {
+        if self.pending.remove(&id.get()) {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        }
+    }
+
+    /// Number of ids awaiting PUBREL.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// True if no id awaits PUBREL.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The pending ids (for persistence).
+    pub fn pending(&self) -> impl Iterator<Item = u16> + '_ {
+        self.pending.iter().copied()
+    }
+
+    /// Forgets every pending id (a new session).
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+}
+
+/// Why a Topic Alias in a received PUBLISH is invalid (5.0 reason 0x94).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AliasError {
+    /// The alias is above the maximum we announced [MQTT-3.3.2-9].
+    #[error("topic alias {0} is above the maximum of {1}")]
+    OutOfRange(u16, u16),
+    /// An empty topic name with an alias that has no topic yet (a Protocol Error).
+    #[error("topic alias {0} is not set")]
+    Unknown(u16),
+}
+
+/// Topic aliases received from the peer: alias → topic, up to the maximum we announced.
+#[derive(Debug, Clone, Default)]
+pub struct InboundAliases {
+    max: u16,
+    map: HashMap<u16, TopicName>,
+}
+
+impl InboundAliases {
+    /// A map accepting aliases 1..=`max` (0: aliases not allowed).
+    pub fn new(max: u16) -> Self {
+        Self {
+            max,
+            map: HashMap::new(),
+        }
+    }
+
+    /// Resolves the topic of a received PUBLISH: a non-empty topic with an alias sets the
+    /// alias; an empty topic uses it.
+    pub fn resolve(
+        &mut self,
+        topic: &TopicName,
+        alias: Option<NonZeroU16>,
+    ) -> Result<TopicName, AliasError> {
+        let Some(alias) = alias else {
+            return Ok(topic.clone());
+        };
+        let a = alias.get();
+        if a > self.max {
+            return Err(AliasError::OutOfRange(a, self.max));
+        }
+        if topic.is_empty() {
+            self.map.get(&a).cloned().ok_or(AliasError::Unknown(a))
+        } else {
+            self.map.insert(a, topic.clone());
+            Ok(topic.clone())
+        }
+    }
+}
+
+/// How to send a topic given the peer's Topic Alias Maximum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundAlias {
+    /// Send the topic without an alias.
+    None,
+    /// Send the topic and set this alias for it.
+    Set(NonZeroU16),
+    /// Send an empty topic with this alias.
+    Use(NonZeroU16),
+}
+
+/// Topic aliases we assign when sending: the first `max` distinct topics get an alias, later
+/// PUBLISHes to them are sent with an empty topic.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundAliases {
+    max: u16,
+    map: HashMap<MqttStr, NonZeroU16>,
+}
+
+impl OutboundAliases {
+    /// An allocator for a peer whose Topic Alias Maximum is `max` (0: none).
+    pub fn new(max: u16) -> Self {
+        Self {
+            max,
+            map: HashMap::new(),
+        }
+    }
+
+    /// Chooses how to send `topic`.
+    pub fn assign(&mut self, topic: &TopicName) -> OutboundAlias {
+        if let Some(alias) = self.map.get(topic.as_str()) {
+            return OutboundAlias::Use(*alias);
+        }
+        let next = self.map.len() + 1;
+        match u16::try_from(next)
+            .ok()
+            .filter(|n| *n <= self.max)
+            .and_then(NonZeroU16::new)
+        {
+            Some(alias) => {
+                self.map.insert(topic.as_mqtt_str().clone(), alias);
+                OutboundAlias::Set(alias)
+            }
+            None => OutboundAlias::None,
+        }
+    }
+}
+
+/// The server's keep-alive rule: the connection is closed when nothing has been received for
+/// one and a half times the keep-alive [MQTT-3.1.2-24].
+pub fn server_keep_alive_deadline(last_received: Instant, keep_alive: u16) -> Option<Instant> {
+    if keep_alive == 0 {
+        return None;
+    }
+    Some(last_received + Duration::from_millis(u64::from(keep_alive) * 1500))
+}
+
+/// The client's keep-alive rule: a PINGREQ is due when nothing has been sent for the
+/// keep-alive interval [MQTT-3.1.2-23].
+pub fn client_ping_due(last_sent: Instant, keep_alive: u16) -> Option<Instant> {
+    if keep_alive == 0 {
+        return None;
+    }
+    Some(last_sent + Duration::from_secs(u64::from(keep_alive)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid(v: u16) -> PacketId {
+        PacketId::new(v).unwrap()
+    }
+
+    #[test]
+    fn qos1_flow_and_window_limit() {
+        let mut w = OutboundWindow::new(2);
+        let a = w.insert(QoS::AtLeastOnce, "a").unwrap();
+        let b = w.insert(QoS::AtLeastOnce, "b").unwrap();
+        assert_ne!(a, b);
+        assert!(w.is_full());
+        assert_eq!(w.insert(QoS::AtLeastOnce, "c"), Err(FlowError::WindowFull));
+        assert_eq!(w.puback(b), Ok("b"));
+        assert_eq!(w.puback(b), Err(FlowError::UnknownPacketId(b.get())));
+        assert_eq!(w.pubcomp(a), Err(FlowError::UnexpectedAck(a.get())));
+        assert_eq!(w.puback(a), Ok("a"));
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn qos2_flow_with_repeated_pubrec() {
+        let mut w = OutboundWindow::new(10);
+        let a = w.insert(QoS::ExactlyOnce, 1).unwrap();
+        assert_eq!(w.puback(a), Err(FlowError::UnexpectedAck(a.get())));
+        assert_eq!(w.pubcomp(a), Err(FlowError::UnexpectedAck(a.get())));
+        assert_eq!(
+            w.pubrec(a, ReasonCode::Success),
+            Ok(PubRecOutcome::SendPubRel(a))
+        );
+        assert_eq!(
+            w.pubrec(a, ReasonCode::Success),
+            Ok(PubRecOutcome::SendPubRel(a))
+        );
+        assert_eq!(
+            w.resend().map(|(_, s, _)| s).collect::<Vec<_>>(),
+            [Stage::AwaitingPubComp]
+        );
+        assert_eq!(w.pubcomp(a), Ok(1));
+    }
+
+    #[test]
+    fn qos2_refused_by_pubrec_error() {
+        let mut w = OutboundWindow::new(10);
+        let a = w.insert(QoS::ExactlyOnce, 1).unwrap();
+        assert_eq!(
+            w.pubrec(a, ReasonCode::QuotaExceeded),
+            Ok(PubRecOutcome::Refused(1, ReasonCode::QuotaExceeded))
+        );
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn resend_keeps_order_and_ids_skip_those_in_use() {
+        let mut w = OutboundWindow::new(u16::MAX);
+        let ids: Vec<_> = (0..5)
+            .map(|i| w.insert(QoS::AtLeastOnce, i).unwrap())
+            .collect();
+        assert_eq!(ids, [pid(1), pid(2), pid(3), pid(4), pid(5)]);
+        w.puback(pid(2)).unwrap();
+        let order: Vec<_> = w.resend().map(|(_, _, i)| *i).collect();
+        assert_eq!(order, [0, 2, 3, 4]);
+        // Wrap around: ids still in flight (1, 3, 4, 5) are skipped.
+        w.next_id = u16::MAX;
+        assert_eq!(w.insert(QoS::AtLeastOnce, 9).unwrap(), pid(u16::MAX));
+        assert_eq!(w.insert(QoS::AtLeastOnce, 10).unwrap(), pid(2));
+        assert_eq!(w.insert(QoS::AtLeastOnce, 11).unwrap(), pid(6));
+    }
+
+    #[test]
+    fn inbound_qos2_dedup_and_limit() {
+        let mut q = InboundQos2::new();
+        assert_eq!(q.publish(pid(7), 2), Ok(Qos2Publish::New));
+        assert_eq!(q.publish(pid(7), 2), Ok(Qos2Publish::Duplicate));
+        assert_eq!(q.publish(pid(8), 2), Ok(Qos2Publish::New));
+        assert_eq!(q.publish(pid(9), 2), Err(FlowError::WindowFull));
+        assert_eq!(q.pubrel(pid(7)), ReasonCode::Success);
+        assert_eq!(q.pubrel(pid(7)), ReasonCode::PacketIdentifierNotFound);
+        assert_eq!(q.publish(pid(7), 2), Ok(Qos2Publish::New));
+    }
+
+    #[test]
+    fn inbound_aliases() {
+        let mut a = InboundAliases::new(2);
+        let t = TopicName::new("a/b").unwrap();
+        let empty = TopicName::empty();
+        assert_eq!(
+            a.resolve(&empty, NonZeroU16::new(1)),
+            Err(AliasError::Unknown(1))
+        );
+        assert_eq!(a.resolve(&t, NonZeroU16::new(1)), Ok(t.clone()));
+        assert_eq!(a.resolve(&empty, NonZeroU16::new(1)), Ok(t.clone()));
+        assert_eq!(
+            a.resolve(&t, NonZeroU16::new(3)),
+            Err(AliasError::OutOfRange(3, 2))
+        );
+        assert_eq!(a.resolve(&t, None), Ok(t));
+    }
+
+    #[test]
+    fn outbound_aliases() {
+        let mut a = OutboundAliases::new(1);
+        let x = TopicName::new("x").unwrap();
+        let y = TopicName::new("y").unwrap();
+        assert_eq!(a.assign(&x), OutboundAlias::Set(pid(1)));
+        assert_eq!(a.assign(&x), OutboundAlias::Use(pid(1)));
+        assert_eq!(a.assign(&y), OutboundAlias::None);
+        assert_eq!(OutboundAliases::new(0).assign(&x), OutboundAlias::None);
+    }
+
+    #[test]
+    fn keep_alive_deadlines() {
+        let t = Instant::now();
+        assert_eq!(server_keep_alive_deadline(t, 0), None);
+        assert_eq!(
+            server_keep_alive_deadline(t, 10),
+            Some(t + Duration::from_secs(15))
+        );
+        assert_eq!(client_ping_due(t, 10), Some(t + Duration::from_secs(10)));
+    }
+}
