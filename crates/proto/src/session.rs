@@ -95,6 +95,11 @@ impl<T> OutboundWindow<T> {
         self.slots.is_empty()
     }
 
+    /// How many more messages may be put in flight now.
+    pub fn space(&self) -> usize {
+        self.limit.saturating_sub(self.slots.len())
+    }
+
     /// True if no more message may be sent until one completes.
     pub fn is_full(&self) -> bool {
         self.slots.len() >= self.limit
@@ -112,6 +117,54 @@ impl<T> OutboundWindow<T> {
         let id = self.allocate();
         self.slots.push_back(Slot { id, stage, item });
         Ok(id)
+    }
+
+    /// True if a message with packet id `id` is in flight.
+    pub fn contains(&self, id: PacketId) -> bool {
+        self.slots.iter().any(|s| s.id == id)
+    }
+
+    /// Like [`Self::insert`], but also skips packet ids for which `reserved` returns true. A
+    /// client uses it to keep the ids of its QoS 1/2 PUBLISHes apart from those of its
+    /// unacknowledged SUBSCRIBE and UNSUBSCRIBE packets: they share one id space
+    /// [MQTT-2.2.1-3]. [`FlowError::WindowFull`] also when no id is free.
+    pub fn insert_avoiding(
+        &mut self,
+        qos: QoS,
+        item: T,
+        reserved: impl Fn(PacketId) -> bool,
+    ) -> Result<PacketId, FlowError> {
+        if self.is_full() {
+            return Err(FlowError::WindowFull);
+        }
+        let id = self
+            .allocate_avoiding(&reserved)
+            .ok_or(FlowError::WindowFull)?;
+        let stage = match qos {
+            QoS::ExactlyOnce => Stage::AwaitingPubRec,
+            _ => Stage::AwaitingPubAck,
+        };
+        self.slots.push_back(Slot { id, stage, item });
+        Ok(id)
+    }
+
+    /// Allocates a packet id that is neither in flight nor `reserved`, from the same rotating
+    /// counter as [`Self::insert`], without putting anything in flight: for a SUBSCRIBE or
+    /// UNSUBSCRIBE, whose id the caller holds until the SUBACK or UNSUBACK. `None` if every id
+    /// is taken.
+    pub fn allocate_id(&mut self, reserved: impl Fn(PacketId) -> bool) -> Option<PacketId> {
+        self.allocate_avoiding(&reserved)
+    }
+
+    fn allocate_avoiding(&mut self, reserved: &impl Fn(PacketId) -> bool) -> Option<PacketId> {
+        for _ in 0..u16::MAX {
+            let candidate = NonZeroU16::new(self.next_id).unwrap_or(NonZeroU16::MIN);
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            if !reserved(candidate) && !self.contains(candidate) {
+                return Some(candidate);
+            }
+        }
+        None
     }
 
     fn allocate(&mut self) -> PacketId {
@@ -438,6 +491,38 @@ mod tests {
         assert_eq!(w.insert(QoS::AtLeastOnce, 9).unwrap(), pid(u16::MAX));
         assert_eq!(w.insert(QoS::AtLeastOnce, 10).unwrap(), pid(2));
         assert_eq!(w.insert(QoS::AtLeastOnce, 11).unwrap(), pid(6));
+    }
+
+    #[test]
+    fn ids_avoid_reserved_ones_and_run_out() {
+        let mut w = OutboundWindow::new(10);
+        let reserved = [pid(1), pid(3)];
+        let is_reserved = |id: PacketId| reserved.contains(&id);
+        // SUBSCRIBE ids come from the same counter and skip those in flight.
+        assert_eq!(w.insert_avoiding(QoS::AtLeastOnce, "a", is_reserved), Ok(pid(2)));
+        assert!(w.contains(pid(2)));
+        assert!(!w.contains(pid(1)));
+        assert_eq!(w.allocate_id(is_reserved), Some(pid(4)));
+        assert_eq!(w.insert_avoiding(QoS::ExactlyOnce, "b", is_reserved), Ok(pid(5)));
+        assert_eq!(
+            w.pubrec(pid(5), ReasonCode::Success),
+            Ok(PubRecOutcome::SendPubRel(pid(5)))
+        );
+        w.next_id = 1;
+        assert_eq!(w.allocate_id(is_reserved), Some(pid(4)));
+        // Every id taken: no id, and no endless search.
+        assert_eq!(w.allocate_id(|_| true), None);
+        assert_eq!(
+            w.insert_avoiding(QoS::AtLeastOnce, "c", |_| true),
+            Err(FlowError::WindowFull)
+        );
+        assert_eq!(w.len(), 2);
+        let mut full = OutboundWindow::new(1);
+        full.insert(QoS::AtLeastOnce, "x").unwrap();
+        assert_eq!(
+            full.insert_avoiding(QoS::AtLeastOnce, "y", |_| false),
+            Err(FlowError::WindowFull)
+        );
     }
 
     #[test]

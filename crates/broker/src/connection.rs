@@ -1,0 +1,896 @@
+//! One client connection: CONNECT handshake, then a loop that reads and handles packets,
+//! moves queued messages from the session mailbox to the socket, and watches keep-alive,
+//! takeover and shutdown. The only code that touches the socket.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use sagitta_proto::session::{
+    FlowError, InboundAliases, OutboundAlias, OutboundAliases, PubRecOutcome, Qos2Publish, Stage,
+    server_keep_alive_deadline,
+};
+use sagitta_proto::{
+    ConnAck, Connect, DecodeError, Disconnect, MqttStr, Packet, ProtocolVersion, PubResponse,
+    Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+    decode,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::auth::ConnectInfo;
+use crate::broker::Shared;
+use crate::message::{ClientId, Delivery, Message};
+use crate::metrics::Metrics;
+use crate::router::Target;
+use crate::session::{NEVER_EXPIRES, SessionEntry, SessionState};
+
+/// Bytes reserved for each socket read.
+const READ_CHUNK: usize = 2048;
+/// Stop encoding queued messages once this much output is pending, to go back to reading.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Messages taken from the mailbox per lock.
+const BATCH: usize = 64;
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum Close {
+    /// The client sent DISCONNECT; `will` if it asked for its will to be sent (5.0 0x04).
+    ClientDisconnect { will: bool },
+    /// A protocol violation: 5.0 clients get DISCONNECT with this reason; the will is sent.
+    Protocol(ReasonCode, String),
+    /// The socket closed or failed without DISCONNECT; the will is sent.
+    Network,
+    /// Nothing received for 1.5 x keep-alive; the will is sent.
+    KeepAlive,
+    /// Another connection took the session over: DISCONNECT 0x8E, the will is sent.
+    TakenOver,
+    /// The broker is shutting down: DISCONNECT 0x8B, no will.
+    Shutdown,
+}
+
+/// Serves one accepted socket until it closes.
+pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let span = info_span!("conn", %peer, client_id = tracing::field::Empty);
+    async move {
+        let mut io = Io {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let Some(connect) = read_connect(&shared, &mut io).await else {
+            return;
+        };
+        handshake(shared, io, connect, peer).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// The socket and its buffers.
+struct Io<S> {
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
+    async fn read(&mut self) -> std::io::Result<usize> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        let n = self.stream.read_buf(&mut self.rbuf).await?;
+        self.bytes_in += n as u64;
+        Ok(n)
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.bytes_out += self.wbuf.len() as u64;
+            self.wbuf.clear();
+            if self.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
+                self.wbuf = BytesMut::new();
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, packet: &Packet, version: ProtocolVersion) {
+        if let Err(e) = packet.encode(version, &mut self.wbuf) {
+            warn!(error = %e, packet = %packet.packet_type(), "cannot encode packet");
+        }
+    }
+}
+
+/// Reads the first packet, which must be CONNECT, within the connect timeout.
+async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut Io<S>,
+) -> Option<Box<Connect>> {
+    let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
+    let max = shared.config.max_packet_size as usize;
+    loop {
+        match decode(&mut io.rbuf, ProtocolVersion::V5, max) {
+            Ok(Some(Packet::Connect(c))) => return Some(c),
+            Ok(Some(other)) => {
+                debug!(packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
+                return None;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                refuse_malformed_connect(io, &e).await;
+                return None;
+            }
+        }
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, io.read()) => r,
+            _ = shared.shutdown.cancelled() => return None,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                debug!("no CONNECT within the connect timeout");
+                return None;
+            }
+        }
+    }
+}
+
+/// Answers a CONNECT that could not be decoded: an unsupported protocol level gets CONNACK
+/// 0x01 (3.x format, which every version can read) [MQTT-3.1.2-2]; a 5.0 CONNECT gets a 5.0
+/// CONNACK with the reason; anything else is closed without an answer.
+async fn refuse_malformed_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Io<S>,
+    error: &DecodeError,
+) {
+    debug!(error = %error, "bad CONNECT");
+    let (version, reason) = match error {
+        DecodeError::UnsupportedProtocolVersion(_) => (
+            ProtocolVersion::V3_1_1,
+            ReasonCode::UnsupportedProtocolVersion,
+        ),
+        _ if connect_level(&io.rbuf) == Some(5) => (ProtocolVersion::V5, error.reason_code()),
+        _ => return,
+    };
+    io.send(&Packet::ConnAck(ConnAck::new(false, reason)), version);
+    // The connection closes right after; a failed write changes nothing.
+    let _ = io.flush().await;
+}
+
+/// The protocol level byte of a CONNECT at the front of `buf`, if it can be found.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    let header_len = 1 + buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let name_len = u16::from_be_bytes([*buf.get(header_len)?, *buf.get(header_len + 1)?]);
+    buf.get(header_len + 2 + usize::from(name_len)).copied()
+}
+
+/// Checks CONNECT, claims the session, sends CONNACK and runs the connection.
+async fn handshake<S>(shared: Arc<Shared>, mut io: Io<S>, connect: Box<Connect>, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let version = connect.protocol;
+    let v5 = version.is_v5();
+    let refuse = |io: &mut Io<S>, reason: ReasonCode| {
+        io.send(&Packet::ConnAck(ConnAck::new(false, reason)), version);
+    };
+
+    // Client identifier [MQTT-3.1.3-6] [MQTT-3.1.3-8].
+    let mut assigned = None;
+    let client_id: ClientId = if connect.client_id.is_empty() {
+        let allowed = v5
+            || (version == ProtocolVersion::V3_1_1
+                && connect.clean_start
+                && shared.config.allow_zero_length_client_id);
+        if !allowed {
+            refuse(&mut io, ReasonCode::ClientIdentifierNotValid);
+            let _ = io.flush().await;
+            return;
+        }
+        let id = format!(
+            "sagitta-{:x}-{:x}",
+            std::process::id(),
+            shared.next_conn_id()
+        );
+        assigned = Some(id.clone());
+        id.into()
+    } else {
+        connect.client_id.as_str().into()
+    };
+    tracing::Span::current().record("client_id", &*client_id);
+
+    // Enhanced authentication: no method is supported yet.
+    if v5 && connect.properties.authentication_method.is_some() {
+        refuse(&mut io, ReasonCode::BadAuthenticationMethod);
+        let _ = io.flush().await;
+        return;
+    }
+    let info = ConnectInfo {
+        client_id: &client_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        peer,
+        protocol: version,
+    };
+    if let Err(reason) = shared.auth.authenticate(&info) {
+        info!(reason = %reason, "connection refused");
+        refuse(&mut io, reason);
+        let _ = io.flush().await;
+        return;
+    }
+    if let Some(will) = &connect.will {
+        if will.qos as u8 > shared.config.maximum_qos {
+            refuse(&mut io, ReasonCode::QoSNotSupported);
+            let _ = io.flush().await;
+            return;
+        }
+        if will.retain && !shared.config.retain_available {
+            refuse(&mut io, ReasonCode::RetainNotSupported);
+            let _ = io.flush().await;
+            return;
+        }
+    }
+
+    // Session expiry: 3.x clean session ends with the connection, a persistent one lives on.
+    let requested_expiry = if v5 {
+        connect.properties.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        NEVER_EXPIRES
+    };
+    let expiry = shared
+        .config
+        .max_session_expiry
+        .map_or(requested_expiry, |max| requested_expiry.min(max));
+
+    // Keep-alive, possibly lowered by the server (5.0 tells the client).
+    let max_ka = shared.config.max_keep_alive;
+    let keep_alive = if v5 && max_ka > 0 && (connect.keep_alive == 0 || connect.keep_alive > max_ka)
+    {
+        max_ka
+    } else {
+        connect.keep_alive
+    };
+
+    // Claim the session; a connection holding it is told to let go, and we wait for it.
+    let conn_id = shared.next_conn_id();
+    let kick = CancellationToken::new();
+    let (entry, generation) = shared.sessions.claim(
+        &client_id,
+        conn_id,
+        kick.clone(),
+        shared.config.max_queued_messages,
+    );
+    let mut state = tokio::select! {
+        s = entry.state.clone().lock_owned() => s,
+        _ = shared.shutdown.cancelled() => {
+            shared.sessions.release(&entry, conn_id, false);
+            return;
+        }
+    };
+    if kick.is_cancelled() {
+        // Yet another connection with this id came in meanwhile: it wins.
+        shared.sessions.release(&entry, conn_id, false);
+        return;
+    }
+    let session_present = if connect.clean_start || !state.exists {
+        shared.clear_session(&entry, &mut state);
+        false
+    } else {
+        true
+    };
+    state.exists = true;
+    state.expiry = expiry;
+    let client_receive_max = connect
+        .properties
+        .receive_maximum
+        .map_or(u16::MAX, |n| n.get());
+    state
+        .outbound
+        .set_limit(client_receive_max.min(shared.config.max_inflight));
+
+    let mut ack = ConnAck::new(session_present, ReasonCode::Success);
+    if v5 {
+        let p = &mut ack.properties;
+        p.assigned_client_identifier = assigned.and_then(|id| MqttStr::new(id).ok());
+        p.receive_maximum = std::num::NonZeroU16::new(shared.config.receive_maximum);
+        p.maximum_packet_size = std::num::NonZeroU32::new(shared.config.max_packet_size);
+        p.topic_alias_maximum = Some(shared.config.topic_alias_maximum);
+        if shared.config.maximum_qos < 2 {
+            p.maximum_qos = QoS::from_u8(shared.config.maximum_qos);
+        }
+        if !shared.config.retain_available {
+            p.retain_available = Some(false);
+        }
+        if expiry != requested_expiry {
+            p.session_expiry_interval = Some(expiry);
+        }
+        if keep_alive != connect.keep_alive {
+            p.server_keep_alive = Some(keep_alive);
+        }
+    }
+    io.send(&Packet::ConnAck(ack), version);
+    entry.set_connected(true);
+    shared.metrics.client_connected();
+    info!(protocol = %version, keep_alive, clean_start = connect.clean_start, session_present, "client connected");
+
+    let client_max_packet = connect
+        .properties
+        .maximum_packet_size
+        .map_or(usize::MAX, |n| n.get() as usize);
+    let alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+    let Connect { will, .. } = *connect;
+    let mut conn = Conn {
+        shared: shared.clone(),
+        io,
+        version,
+        client_id,
+        entry,
+        state,
+        generation,
+        conn_id,
+        kick,
+        keep_alive,
+        last_rx: Instant::now(),
+        ka_timer: Box::pin(tokio::time::sleep_until(
+            server_keep_alive_deadline(Instant::now(), keep_alive)
+                .unwrap_or_else(Instant::now)
+                .into(),
+        )),
+        will,
+        client_max_packet,
+        in_aliases: InboundAliases::new(if v5 {
+            shared.config.topic_alias_maximum
+        } else {
+            0
+        }),
+        out_aliases: OutboundAliases::new(alias_max),
+        targets: Vec::new(),
+        batch: Vec::new(),
+        received: 0,
+        sent: 0,
+    };
+    conn.resend_inflight();
+    let close = conn.run().await;
+    conn.finish(close).await;
+}
+
+struct Conn<S> {
+    shared: Arc<Shared>,
+    io: Io<S>,
+    version: ProtocolVersion,
+    client_id: ClientId,
+    entry: Arc<SessionEntry>,
+    state: OwnedMutexGuard<SessionState>,
+    generation: u64,
+    conn_id: u64,
+    kick: CancellationToken,
+    keep_alive: u16,
+    last_rx: Instant,
+    /// Fires at the keep-alive deadline (or later; see `run`).
+    ka_timer: Pin<Box<Sleep>>,
+    will: Option<Will>,
+    client_max_packet: usize,
+    in_aliases: InboundAliases,
+    out_aliases: OutboundAliases,
+    targets: Vec<Target>,
+    batch: Vec<Delivery>,
+    received: u64,
+    sent: u64,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+    async fn run(&mut self) -> Close {
+        loop {
+            self.pull();
+            self.flush_metrics();
+            if !self.io.wbuf.is_empty() {
+                let flushed = tokio::select! {
+                    r = self.io.flush() => r,
+                    _ = self.kick.cancelled() => return Close::TakenOver,
+                    _ = self.shared.shutdown.cancelled() => return Close::Shutdown,
+                };
+                if let Err(e) = flushed {
+                    debug!(error = %e, "write failed");
+                    return Close::Network;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = self.shared.shutdown.cancelled() => return Close::Shutdown,
+                _ = self.kick.cancelled() => return Close::TakenOver,
+                r = self.io.read() => match r {
+                    Ok(0) => return Close::Network,
+                    Err(e) => {
+                        debug!(error = %e, "read failed");
+                        return Close::Network;
+                    }
+                    Ok(_) => {
+                        self.last_rx = Instant::now();
+                        if let Some(close) = self.handle_input() {
+                            return close;
+                        }
+                    }
+                },
+                _ = self.entry.notified() => {}
+                _ = &mut self.ka_timer, if self.keep_alive > 0 => {
+                    // The timer is re-armed lazily: reads only move `last_rx`.
+                    match server_keep_alive_deadline(self.last_rx, self.keep_alive) {
+                        Some(d) if d > Instant::now() => self.ka_timer.as_mut().reset(d.into()),
+                        _ => return Close::KeepAlive,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    fn handle_input(&mut self) -> Option<Close> {
+        let max = self.shared.config.max_packet_size as usize;
+        loop {
+            match decode(&mut self.io.rbuf, self.version, max) {
+                Ok(Some(packet)) => {
+                    if let Some(close) = self.handle(packet) {
+                        return Some(close);
+                    }
+                }
+                Ok(None) => return None,
+                Err(e) => return Some(Close::Protocol(e.reason_code(), e.to_string())),
+            }
+        }
+    }
+
+    fn send(&mut self, packet: Packet) {
+        self.io.send(&packet, self.version);
+    }
+
+    fn handle(&mut self, packet: Packet) -> Option<Close> {
+        match packet {
+            Packet::Publish(p) => return self.on_publish(p),
+            Packet::PubAck(r) => {
+                if let Err(e) = self.state.outbound.puback(r.packet_id) {
+                    debug!(error = %e, "unexpected PUBACK");
+                }
+            }
+            Packet::PubRec(r) => match self.state.outbound.pubrec(r.packet_id, r.reason) {
+                Ok(PubRecOutcome::SendPubRel(id)) => {
+                    self.send(Packet::PubRel(PubResponse::new(id)))
+                }
+                Ok(PubRecOutcome::Refused(_, reason)) => {
+                    debug!(%reason, "client refused a QoS 2 message");
+                }
+                Err(FlowError::UnknownPacketId(_)) => {
+                    let mut rel = PubResponse::new(r.packet_id);
+                    rel.reason = ReasonCode::PacketIdentifierNotFound;
+                    self.send(Packet::PubRel(rel));
+                }
+                Err(e) => debug!(error = %e, "unexpected PUBREC"),
+            },
+            Packet::PubRel(r) => {
+                let mut comp = PubResponse::new(r.packet_id);
+                comp.reason = self.state.inbound.pubrel(r.packet_id);
+                self.send(Packet::PubComp(comp));
+            }
+            Packet::PubComp(r) => {
+                if let Err(e) = self.state.outbound.pubcomp(r.packet_id) {
+                    debug!(error = %e, "unexpected PUBCOMP");
+                }
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => self.send(Packet::PingResp),
+            Packet::Disconnect(d) => return self.on_disconnect(d),
+            Packet::Connect(_) => {
+                return Some(Close::Protocol(
+                    ReasonCode::ProtocolError,
+                    "second CONNECT [MQTT-3.1.0-2]".into(),
+                ));
+            }
+            Packet::Auth(_) => {
+                return Some(Close::Protocol(
+                    ReasonCode::ProtocolError,
+                    "AUTH without an authentication method".into(),
+                ));
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return Some(Close::Protocol(
+                    ReasonCode::ProtocolError,
+                    "server-to-client packet received from a client".into(),
+                ));
+            }
+        }
+        None
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Option<Close> {
+        let v5 = self.version.is_v5();
+        self.received += 1;
+        if p.qos as u8 > self.shared.config.maximum_qos {
+            return Some(Close::Protocol(
+                ReasonCode::QoSNotSupported,
+                "QoS above Maximum QoS".into(),
+            ));
+        }
+        if p.retain && !self.shared.config.retain_available {
+            return Some(Close::Protocol(
+                ReasonCode::RetainNotSupported,
+                "retain not available".into(),
+            ));
+        }
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Some(Close::Protocol(
+                ReasonCode::ProtocolError,
+                "Subscription Identifier in a client PUBLISH [MQTT-3.3.4-6]".into(),
+            ));
+        }
+        let topic = match self.in_aliases.resolve(&p.topic, p.properties.topic_alias) {
+            Ok(t) => t,
+            Err(e) => {
+                return Some(Close::Protocol(
+                    ReasonCode::TopicAliasInvalid,
+                    e.to_string(),
+                ));
+            }
+        };
+        // The response to QoS 1/2, and whether the message goes on.
+        let mut reason = ReasonCode::Success;
+        let invalid_utf8 = p.properties.payload_format_indicator == Some(true)
+            && std::str::from_utf8(&p.payload).is_err();
+        if invalid_utf8 {
+            reason = ReasonCode::PayloadFormatInvalid;
+        } else if topic.starts_with("$SYS") {
+            reason = ReasonCode::NotAuthorized;
+        }
+        let mut deliver = reason == ReasonCode::Success;
+        if p.qos == QoS::ExactlyOnce {
+            if let Some(id) = p.packet_id {
+                match self
+                    .state
+                    .inbound
+                    .publish(id, usize::from(self.shared.config.receive_maximum))
+                {
+                    Ok(Qos2Publish::New) => {}
+                    Ok(Qos2Publish::Duplicate) => deliver = false,
+                    Err(_) => {
+                        return Some(Close::Protocol(
+                            ReasonCode::ReceiveMaximumExceeded,
+                            "more unreleased QoS 2 publishes than Receive Maximum".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut matched = 0;
+        if deliver {
+            let now = Instant::now();
+            let mut properties = p.properties;
+            properties.topic_alias = None;
+            let msg = Message {
+                expires_at: Message::expiry_from_interval(properties.message_expiry_interval, now),
+                topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                properties,
+                origin: Some(self.client_id.clone()),
+            };
+            matched = self.shared.publish(Arc::new(msg), &mut self.targets);
+        }
+        if v5 && reason == ReasonCode::Success && deliver && matched == 0 {
+            reason = ReasonCode::NoMatchingSubscribers;
+        }
+        if let Some(id) = p.packet_id {
+            let mut response = PubResponse::new(id);
+            response.reason = reason;
+            match p.qos {
+                QoS::AtLeastOnce => self.send(Packet::PubAck(response)),
+                QoS::ExactlyOnce => {
+                    if reason.is_error() {
+                        // A refused QoS 2 message does not wait for PUBREL.
+                        self.state.inbound.pubrel(id);
+                    }
+                    self.send(Packet::PubRec(response));
+                }
+                QoS::AtMostOnce => {}
+            }
+        }
+        None
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) {
+        let sub_id = s.properties.subscription_identifier;
+        let max_qos = QoS::from_u8(self.shared.config.maximum_qos).unwrap_or(QoS::ExactlyOnce);
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        let now = Instant::now();
+        for (filter, mut options) in s.filters {
+            options.qos = options.qos.min(max_qos);
+            let existed = self
+                .shared
+                .router
+                .subscribe(&self.entry, &filter, options, sub_id);
+            self.state
+                .subscriptions
+                .insert(filter.clone(), (options, sub_id));
+            reasons.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
+                QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+            });
+            // Retained messages are not sent for shared subscriptions.
+            let send_retained = filter.shared().is_none()
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for msg in self.shared.retained.matching(filter.match_filter(), now) {
+                    if options.no_local && msg.origin.as_deref() == Some(&*self.client_id) {
+                        continue;
+                    }
+                    retained.push(Delivery {
+                        qos: msg.qos.min(options.qos),
+                        msg,
+                        retain: true,
+                        sub_ids: sub_id.into_iter().collect(),
+                    });
+                }
+            }
+        }
+        self.send(Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reasons,
+            properties: Default::default(),
+        }));
+        for d in retained {
+            if self.entry.enqueue(d, true) != crate::session::Enqueued::Queued {
+                Metrics::add(&self.shared.metrics.dropped_queue_full, 1);
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            let existed = self.state.subscriptions.remove(filter).is_some();
+            self.shared.router.unsubscribe(&self.client_id, filter);
+            reasons.push(if existed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
+        }
+        self.send(Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reasons,
+            properties: Default::default(),
+        }));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Option<Close> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.state.expiry == 0 && expiry != 0 {
+                return Some(Close::Protocol(
+                    ReasonCode::ProtocolError,
+                    "session expiry set on DISCONNECT after 0 in CONNECT [MQTT-3.14.2-2]".into(),
+                ));
+            }
+            self.state.expiry = self
+                .shared
+                .config
+                .max_session_expiry
+                .map_or(expiry, |max| expiry.min(max));
+        }
+        Some(Close::ClientDisconnect {
+            will: d.reason == ReasonCode::DisconnectWithWill,
+        })
+    }
+
+    /// Sends again what was in flight when the session's previous connection ended, in order.
+    fn resend_inflight(&mut self) {
+        let resend: Vec<(sagitta_proto::PacketId, Stage, Delivery)> = self
+            .state
+            .outbound
+            .resend()
+            .map(|(id, stage, d)| (id, stage, d.clone()))
+            .collect();
+        for (id, stage, d) in resend {
+            match stage {
+                Stage::AwaitingPubComp => self.send(Packet::PubRel(PubResponse::new(id))),
+                _ => {
+                    let mut publish = self.build_publish(&d, Instant::now());
+                    publish.packet_id = Some(id);
+                    publish.dup = true;
+                    self.send(Packet::Publish(publish));
+                    self.sent += 1;
+                }
+            }
+        }
+    }
+
+    /// Moves messages from the session's mailbox to the output buffer, as far as the
+    /// in-flight window and the output high-water mark allow.
+    fn pull(&mut self) {
+        let now = Instant::now();
+        let mut batch = std::mem::take(&mut self.batch);
+        while self.io.wbuf.len() < WRITE_HIGH_WATER {
+            let space = self.state.outbound.space();
+            batch.clear();
+            self.entry.take_batch(space, BATCH, &mut batch);
+            if batch.is_empty() {
+                break;
+            }
+            for d in batch.drain(..) {
+                self.deliver(d, now);
+            }
+        }
+        self.batch = batch;
+    }
+
+    fn deliver(&mut self, d: Delivery, now: Instant) {
+        if d.msg.is_expired(now) {
+            Metrics::add(&self.shared.metrics.dropped_expired, 1);
+            return;
+        }
+        let mut publish = self.build_publish(&d, now);
+        let placeholder = (d.qos != QoS::AtMostOnce).then_some(std::num::NonZeroU16::MIN);
+        publish.packet_id = placeholder;
+        let mut packet = Packet::Publish(publish);
+        let Ok(len) = packet.encoded_len(self.version) else {
+            return;
+        };
+        // Never send a packet larger than the client accepts [MQTT-3.1.2-24]: drop it.
+        if len > self.client_max_packet {
+            Metrics::add(&self.shared.metrics.dropped_too_large, 1);
+            return;
+        }
+        if let Packet::Publish(p) = &mut packet {
+            if self.version.is_v5() && len + 3 <= self.client_max_packet {
+                match self.out_aliases.assign(&p.topic) {
+                    OutboundAlias::None => {}
+                    OutboundAlias::Set(alias) => p.properties.topic_alias = Some(alias),
+                    OutboundAlias::Use(alias) => {
+                        p.properties.topic_alias = Some(alias);
+                        p.topic = sagitta_proto::TopicName::empty();
+                    }
+                }
+            }
+            if d.qos != QoS::AtMostOnce {
+                match self.state.outbound.insert(d.qos, d) {
+                    Ok(id) => p.packet_id = Some(id),
+                    Err(e) => {
+                        warn!(error = %e, "in-flight window refused a message taken for it");
+                        return;
+                    }
+                }
+            }
+        }
+        self.send(packet);
+        self.sent += 1;
+    }
+
+    /// The PUBLISH for a delivery, without packet id.
+    fn build_publish(&self, d: &Delivery, now: Instant) -> Publish {
+        let mut publish = Publish::new(d.msg.topic.clone(), d.msg.payload.clone());
+        publish.qos = d.qos;
+        publish.retain = d.retain;
+        if self.version.is_v5() {
+            publish.properties = d.msg.properties.clone();
+            publish.properties.subscription_identifiers = d.sub_ids.clone();
+            publish.properties.message_expiry_interval = d.msg.remaining_expiry(now);
+        }
+        publish
+    }
+
+    fn flush_metrics(&mut self) {
+        let m = &self.shared.metrics;
+        Metrics::add(&m.messages_received, std::mem::take(&mut self.received));
+        Metrics::add(&m.messages_sent, std::mem::take(&mut self.sent));
+        Metrics::add(&m.bytes_received, std::mem::take(&mut self.io.bytes_in));
+        Metrics::add(&m.bytes_sent, std::mem::take(&mut self.io.bytes_out));
+    }
+
+    /// Says goodbye as the close reason requires, then hands the session back.
+    async fn finish(mut self, close: Close) {
+        let v5 = self.version.is_v5();
+        let (goodbye, send_will) = match &close {
+            Close::ClientDisconnect { will } => (None, *will),
+            Close::Protocol(reason, why) => {
+                info!(%reason, why, "closing connection: protocol error");
+                (Some(*reason), true)
+            }
+            Close::Network => (None, true),
+            Close::KeepAlive => (Some(ReasonCode::KeepAliveTimeout), true),
+            Close::TakenOver => (Some(ReasonCode::SessionTakenOver), true),
+            Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), false),
+        };
+        if let (true, Some(reason)) = (v5, goodbye) {
+            self.send(Packet::Disconnect(Disconnect::new(reason)));
+        }
+        if !matches!(close, Close::Network) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.io.flush()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.io.stream.shutdown()).await;
+        }
+        self.flush_metrics();
+        info!(reason = ?close, "client disconnected");
+
+        self.entry.set_connected(false);
+        self.shared.metrics.client_disconnected();
+        let expiry = self.state.expiry;
+        if let Some(will) = self.will.take().filter(|_| send_will) {
+            self.publish_will(will, expiry);
+        }
+        let ended = expiry == 0;
+        if ended {
+            self.shared.clear_session(&self.entry, &mut self.state);
+        }
+        self.shared
+            .sessions
+            .release(&self.entry, self.conn_id, ended);
+        if !ended && expiry != NEVER_EXPIRES && !matches!(close, Close::TakenOver) {
+            self.shared
+                .schedule_expiry(self.entry.clone(), self.generation, expiry);
+        }
+    }
+
+    /// Publishes the will now, or after its delay (at most the session expiry) unless the
+    /// client reconnects first [MQTT-3.1.3-9].
+    fn publish_will(&self, will: Will, session_expiry: u32) {
+        let delay = will
+            .properties
+            .will_delay_interval
+            .unwrap_or(0)
+            .min(session_expiry);
+        let now = Instant::now();
+        let mut properties = sagitta_proto::PublishProperties {
+            payload_format_indicator: will.properties.payload_format_indicator,
+            message_expiry_interval: will.properties.message_expiry_interval,
+            content_type: will.properties.content_type,
+            response_topic: will.properties.response_topic,
+            correlation_data: will.properties.correlation_data,
+            ..Default::default()
+        };
+        properties.user_properties = will.properties.user_properties;
+        let msg = Message {
+            expires_at: Message::expiry_from_interval(properties.message_expiry_interval, now),
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            origin: Some(self.client_id.clone()),
+        };
+        if delay == 0 {
+            self.shared.publish(Arc::new(msg), &mut Vec::new());
+            return;
+        }
+        let shared = self.shared.clone();
+        let entry = self.entry.clone();
+        let generation = self.generation;
+        self.shared.tracker.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {}
+                _ = shared.shutdown.cancelled() => return,
+            }
+            if entry.generation() == generation {
+                shared.publish(Arc::new(msg), &mut Vec::new());
+            }
+        });
+    }
+}

@@ -1,0 +1,76 @@
+//! Application messages as the broker carries them: one shared [`Message`] per PUBLISH
+//! received, and one small [`Delivery`] per subscriber pointing at it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sagitta_proto::{PublishProperties, QoS, SubscriptionId, TopicName};
+
+/// A client identifier, shared.
+pub type ClientId = Arc<str>;
+
+/// A message published to the broker. Shared by every subscriber it goes to.
+#[derive(Debug)]
+pub struct Message {
+    /// Topic it was published to.
+    pub topic: TopicName,
+    /// Payload (shared bytes).
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// RETAIN flag it was published with.
+    pub retain: bool,
+    /// 5.0 properties to forward (never a Topic Alias or Subscription Identifier).
+    pub properties: PublishProperties,
+    /// The publishing client, for No Local; `None` for messages the broker makes itself.
+    pub origin: Option<ClientId>,
+    /// When the Message Expiry Interval runs out.
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    /// A message to `topic` with no properties, from the broker itself.
+    pub fn new(topic: TopicName, payload: Bytes, qos: QoS, retain: bool) -> Self {
+        Self {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties: PublishProperties::default(),
+            origin: None,
+            expires_at: None,
+        }
+    }
+
+    /// True if the message's expiry interval has run out at `now`.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// The Message Expiry Interval to forward at `now`: what is left, rounded up.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX).max(1)
+        })
+    }
+
+    /// Sets `expires_at` from a Message Expiry Interval received at `now`.
+    pub(crate) fn expiry_from_interval(interval: Option<u32>, now: Instant) -> Option<Instant> {
+        interval.map(|s| now + Duration::from_secs(u64::from(s)))
+    }
+}
+
+/// One message on its way to one session.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub msg: Arc<Message>,
+    /// QoS of this delivery: min(published, granted).
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription Identifiers of the matching subscriptions (5.0).
+    pub sub_ids: Vec<SubscriptionId>,
+}

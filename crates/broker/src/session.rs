@@ -1,0 +1,239 @@
+//! Sessions: the registry by client id, each session's mailbox (the bounded queue publishers
+//! push into), and its protocol state (subscriptions, in-flight window, QoS 2 ids), which the
+//! connection that owns the session holds locked for its whole life.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sagitta_proto::session::{InboundQos2, OutboundWindow};
+use sagitta_proto::{QoS, SubscriptionId, SubscriptionOptions, TopicFilter};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::message::{ClientId, Delivery};
+
+/// Session expiry meaning "never".
+pub(crate) const NEVER_EXPIRES: u32 = u32::MAX;
+
+/// What happened to a message offered to a session's mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// Queued for delivery.
+    Queued,
+    /// The queue was full: dropped.
+    DroppedQueueFull,
+    /// QoS 0 for a session without a connection: dropped.
+    DroppedOffline,
+}
+
+struct Mailbox {
+    queue: VecDeque<Delivery>,
+    limit: usize,
+}
+
+/// A session as publishers and the registry see it.
+pub(crate) struct SessionEntry {
+    pub client_id: ClientId,
+    mailbox: Mutex<Mailbox>,
+    notify: Notify,
+    connected: AtomicBool,
+    /// Incremented each time a connection claims the session; timers (expiry, delayed will)
+    /// compare it to know whether the client came back.
+    generation: AtomicU64,
+    /// The protocol state, held by the owning connection.
+    pub state: Arc<tokio::sync::Mutex<SessionState>>,
+    /// The owning connection's id, and the token that makes it let go (takeover).
+    owner: Mutex<Option<(u64, CancellationToken)>>,
+}
+
+impl SessionEntry {
+    pub fn new(client_id: ClientId, queue_limit: usize) -> Self {
+        Self {
+            client_id,
+            mailbox: Mutex::new(Mailbox {
+                queue: VecDeque::new(),
+                limit: queue_limit,
+            }),
+            notify: Notify::new(),
+            connected: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            state: Arc::new(tokio::sync::Mutex::new(SessionState::default())),
+            owner: Mutex::new(None),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn mailbox(&self) -> std::sync::MutexGuard<'_, Mailbox> {
+        self.mailbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers a message. QoS 0 messages are dropped while no connection owns the session
+    /// unless `queue_qos0_offline`; anything past the queue limit is dropped.
+    pub fn enqueue(&self, delivery: Delivery, queue_qos0_offline: bool) -> Enqueued {
+        let connected = self.is_connected();
+        if !connected && delivery.qos == QoS::AtMostOnce && !queue_qos0_offline {
+            return Enqueued::DroppedOffline;
+        }
+        {
+            let mut mb = self.mailbox();
+            if mb.queue.len() >= mb.limit {
+                return Enqueued::DroppedQueueFull;
+            }
+            mb.queue.push_back(delivery);
+        }
+        if connected {
+            self.notify.notify_one();
+        }
+        Enqueued::Queued
+    }
+
+    /// Moves queued messages into `out`, in order: any number of QoS 0 and at most
+    /// `window_space` QoS 1/2 ones, `max` in all. Stops at the first QoS 1/2 message that does
+    /// not fit, so that order is kept.
+    pub fn take_batch(&self, mut window_space: usize, max: usize, out: &mut Vec<Delivery>) {
+        let mut mb = self.mailbox();
+        while out.len() < max {
+            match mb.queue.front() {
+                Some(d) if d.qos == QoS::AtMostOnce => {}
+                Some(_) if window_space > 0 => window_space -= 1,
+                _ => break,
+            }
+            if let Some(d) = mb.queue.pop_front() {
+                out.push(d);
+            }
+        }
+    }
+
+    /// Drops every queued message.
+    pub fn clear_queue(&self) {
+        self.mailbox().queue.clear();
+    }
+
+    /// Resolves when a message has been queued for the connected client.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// What the session remembers between connections.
+#[derive(Debug)]
+pub(crate) struct SessionState {
+    /// A session exists (false for a new or ended one: `session present` is 0).
+    pub exists: bool,
+    /// Subscriptions by filter (the router holds the same set for matching).
+    pub subscriptions: HashMap<TopicFilter, (SubscriptionOptions, Option<SubscriptionId>)>,
+    /// Outbound QoS 1/2 messages in flight.
+    pub outbound: OutboundWindow<Delivery>,
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub inbound: InboundQos2,
+    /// Session Expiry Interval in seconds ([`NEVER_EXPIRES`] for never).
+    pub expiry: u32,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        Self {
+            exists: false,
+            subscriptions: HashMap::new(),
+            outbound: OutboundWindow::new(u16::MAX),
+            inbound: InboundQos2::new(),
+            expiry: 0,
+        }
+    }
+}
+
+/// Every session, by client id. Its lock is taken on connect, disconnect and expiry only.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    map: Mutex<HashMap<ClientId, Arc<SessionEntry>>>,
+}
+
+impl Sessions {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Arc<SessionEntry>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims the session of `client_id` for a new connection, creating
+    /// the entry if needed. `conn_id` names the connection and `kick` makes it let go later.
+    /// A connection that owned it is told to let go (takeover). The
+    /// caller then waits for the session state lock. Returns the entry and its new generation.
+    pub fn claim(
+        &self,
+        client_id: &ClientId,
+        conn_id: u64,
+        kick: CancellationToken,
+        queue_limit: usize,
+    ) -> (Arc<SessionEntry>, u64) {
+        let mut map = self.map();
+        let entry = map
+            .entry(client_id.clone())
+            .or_insert_with(|| Arc::new(SessionEntry::new(client_id.clone(), queue_limit)))
+            .clone();
+        let previous = entry
+            .owner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace((conn_id, kick));
+        if let Some((_, previous)) = previous {
+            previous.cancel();
+        }
+        let generation = entry.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        (entry, generation)
+    }
+
+    /// Called by a connection as it ends: gives up ownership if it still has it, and removes
+    /// the entry if `remove` (the session ended) and nobody claimed it since.
+    pub fn release(&self, entry: &Arc<SessionEntry>, conn_id: u64, remove: bool) {
+        let mut map = self.map();
+        let mut owner = entry.owner.lock().unwrap_or_else(|e| e.into_inner());
+        let still_ours = owner.as_ref().is_some_and(|(id, _)| *id == conn_id);
+        if still_ours {
+            *owner = None;
+            if remove
+                && map
+                    .get(&entry.client_id)
+                    .is_some_and(|e| Arc::ptr_eq(e, entry))
+            {
+                map.remove(&entry.client_id);
+            }
+        }
+    }
+
+    /// Removes an expired session: only if no connection claimed it since `generation`.
+    pub fn remove_expired(&self, entry: &Arc<SessionEntry>, generation: u64) -> bool {
+        let mut map = self.map();
+        let idle = entry
+            .owner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none();
+        if idle
+            && entry.generation() == generation
+            && map
+                .get(&entry.client_id)
+                .is_some_and(|e| Arc::ptr_eq(e, entry))
+        {
+            map.remove(&entry.client_id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Number of sessions (connected or not).
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+}
