@@ -424,3 +424,48 @@ async fn empty_payload_is_legal() {
     assert!(p.payload.is_empty());
     sub.ack(&p).await;
 }
+
+#[tokio::test]
+async fn a_slow_subscriber_does_not_stall_others_and_its_queue_is_bounded() {
+    let b = broker_with(sagitta_broker::Config {
+        max_queued_messages: 100,
+        ..Default::default()
+    })
+    .await;
+    // `stuck` subscribes and then never reads its socket again.
+    let mut stuck = Peer::connect(addr(&b), V3_1_1, "stuck").await;
+    stuck.subscribe("flood", QoS::AtMostOnce).await;
+    let mut fast = Peer::connect(addr(&b), V3_1_1, "fast").await;
+    fast.subscribe("flood", QoS::AtMostOnce).await;
+    let mut publ = Peer::connect(addr(&b), V3_1_1, "pub").await;
+    let payload = "x".repeat(4096);
+    let total = 3000;
+    let reader = tokio::spawn(async move {
+        for _ in 0..total {
+            fast.recv_publish().await;
+        }
+        fast
+    });
+    for _ in 0..total {
+        publ.send(sagitta_proto::Packet::Publish(publish(
+            "flood",
+            &payload,
+            QoS::AtMostOnce,
+            false,
+            0,
+        )))
+        .await;
+    }
+    publ.ping().await;
+    let _fast = reader.await.unwrap();
+    // 12 MB went to `stuck`, far more than socket buffers and its 100-message queue hold.
+    let dropped = b
+        .metrics()
+        .dropped_queue_full
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        dropped > 0,
+        "the stuck subscriber's queue overflowed and was bounded"
+    );
+    drop(stuck);
+}
