@@ -240,8 +240,10 @@ async fn custom_authenticator_can_refuse() {
             }
         }
     }
-    let mut config = Config::default();
-    config.listen = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
+    let config = Config {
+        listen: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))],
+        ..Config::default()
+    };
     let b = sagitta_broker::Broker::builder(config)
         .authenticator(OnlyAlice)
         .start()

@@ -184,7 +184,7 @@ async fn retained_messages_stored_replaced_deleted() {
 
     let mut sub = Peer::connect(addr(&b), V3_1_1, "sub").await;
     sub.subscribe("r/+", QoS::AtLeastOnce).await;
-    let mut got = vec![sub.recv_publish().await, sub.recv_publish().await];
+    let mut got = [sub.recv_publish().await, sub.recv_publish().await];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!(&got[0].payload[..], b"second");
     assert!(
