@@ -10,13 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use sagitta_broker::Config;
-use sagitta_proto::{MqttStr, Packet, ProtocolVersion, QoS, ReasonCode, TopicName};
+use sagitta_proto::{Packet, ProtocolVersion, QoS, ReasonCode, TopicName};
 
 use ProtocolVersion::V5;
-
-fn s(v: &str) -> MqttStr {
-    MqttStr::new(v).unwrap()
-}
 
 #[tokio::test]
 async fn inbound_topic_alias_is_resolved() {
@@ -152,9 +148,13 @@ async fn request_response_and_user_properties_pass_through() {
     let mut req = publish("req", "{\"q\":1}", QoS::AtMostOnce, false, 0);
     req.properties.response_topic = Some(topic("resp/requester"));
     req.properties.correlation_data = Some(Bytes::from_static(b"\x00\x01corr"));
-    req.properties.content_type = Some(s("application/json"));
+    req.properties.content_type = Some(mstr("application/json"));
     req.properties.payload_format_indicator = Some(true);
-    req.properties.user_properties = vec![(s("k"), s("v1")), (s("a"), s("b")), (s("k"), s("v2"))];
+    req.properties.user_properties = vec![
+        (mstr("k"), mstr("v1")),
+        (mstr("a"), mstr("b")),
+        (mstr("k"), mstr("v2")),
+    ];
     let sent = req.properties.clone();
     publ.send(Packet::Publish(req)).await;
     let got = sub.recv_publish().await;

@@ -44,6 +44,10 @@ pub fn filter(s: &str) -> TopicFilter {
     TopicFilter::new(s).unwrap()
 }
 
+pub fn mstr(v: &str) -> MqttStr {
+    MqttStr::new(v).unwrap()
+}
+
 pub fn pid(v: u16) -> NonZeroU16 {
     NonZeroU16::new(v).unwrap()
 }
