@@ -192,6 +192,9 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     } else {
         ConnectProperties::default()
     };
+    if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
+        return Err(DecodeError::AuthDataWithoutMethod);
+    }
     let client_id = r.string()?;
     let will = if will_flag {
         let properties = if protocol.is_v5() {
@@ -322,7 +325,7 @@ fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> 
         if byte & reserved != 0 {
             return Err(DecodeError::InvalidSubscriptionOptions(byte));
         }
-        let qos = QoS::from_u8(byte & 0b11).ok_or(DecodeError::InvalidQoS)?;
+        let qos = QoS::from_u8(byte & 0b11).ok_or(DecodeError::InvalidSubscriptionQoS)?;
         let retain_handling = match (byte >> 4) & 0b11 {
             0 => RetainHandling::SendAtSubscribe,
             1 => RetainHandling::SendIfNew,

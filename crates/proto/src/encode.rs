@@ -64,6 +64,12 @@ impl Packet {
                 }
             }
             Packet::Publish(p) => {
+                if p.dup && p.qos == QoS::AtMostOnce {
+                    return Err(EncodeError::DupOnQoS0);
+                }
+                if p.topic.is_empty() && !(v5 && p.properties.topic_alias.is_some()) {
+                    return Err(EncodeError::EmptyTopic);
+                }
                 let mut len = 2 + p.topic.len() + p.payload.len();
                 if p.packet_id.is_some() {
                     len += 2;
@@ -89,6 +95,12 @@ impl Packet {
             Packet::Subscribe(s) => {
                 if s.filters.is_empty() {
                     return Err(EncodeError::Empty(PacketType::Subscribe));
+                }
+                if s.filters
+                    .iter()
+                    .any(|(f, o)| v5 && o.no_local && f.shared().is_some())
+                {
+                    return Err(EncodeError::NoLocalOnSharedSubscription);
                 }
                 let mut len = 2 + s.filters.iter().map(|(f, _)| 3 + f.len()).sum::<usize>();
                 if v5 {

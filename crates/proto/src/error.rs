@@ -18,11 +18,13 @@ pub enum DecodeError {
         /// The limit in force.
         max: usize,
     },
-    /// The remaining length uses more than four bytes [MQTT-1.5.5-1] (5.0: 1.5.5).
-    #[error("remaining length is longer than 4 bytes")]
+    /// The remaining length uses more than four bytes, or more than its value needs
+    /// [MQTT-1.5.5-1].
+    #[error("remaining length is longer than 4 bytes or not minimally encoded [MQTT-1.5.5-1]")]
     MalformedRemainingLength,
-    /// A variable byte integer in the body uses more than four bytes.
-    #[error("variable byte integer is longer than 4 bytes")]
+    /// A variable byte integer in the body uses more than four bytes, or more than its value
+    /// needs [MQTT-1.5.5-1].
+    #[error("variable byte integer is longer than 4 bytes or not minimally encoded [MQTT-1.5.5-1]")]
     MalformedVarInt,
     /// Packet type 0 is reserved [MQTT-2.1.2].
     #[error("reserved packet type 0")]
@@ -103,6 +105,12 @@ pub enum DecodeError {
         /// The packet type.
         packet: PacketType,
     },
+    /// A subscription asking for QoS 3 (5.0: a Protocol Error; 3.1.1 [MQTT-3.8.3-4]).
+    #[error("subscription QoS 3 is not a valid QoS")]
+    InvalidSubscriptionQoS,
+    /// Authentication Data without an Authentication Method (5.0 section 3.1.2.11.10).
+    #[error("authentication data without an authentication method")]
+    AuthDataWithoutMethod,
     /// Subscription options with reserved bits set [MQTT-3.8.3-5].
     #[error("reserved bits set in subscription options {0:#010b} [MQTT-3.8.3-5]")]
     InvalidSubscriptionOptions(u8),
@@ -156,6 +164,8 @@ impl DecodeError {
             | ZeroPacketId { .. }
             | NoTopicFilters { .. }
             | InvalidRetainHandling
+            | InvalidSubscriptionQoS
+            | AuthDataWithoutMethod
             | NoLocalOnSharedSubscription
             | DuplicateProperty(_)
             | InvalidPropertyValue(_)
@@ -204,6 +214,15 @@ pub enum EncodeError {
     /// SUBSCRIBE, UNSUBSCRIBE or SUBACK without entries.
     #[error("{0} must carry at least one entry")]
     Empty(PacketType),
+    /// DUP set on a QoS 0 PUBLISH [MQTT-3.3.1-2].
+    #[error("DUP must be 0 on a QoS 0 PUBLISH [MQTT-3.3.1-2]")]
+    DupOnQoS0,
+    /// An empty topic name without a Topic Alias (or in 3.x, which has no aliases).
+    #[error("empty topic name without a topic alias [MQTT-4.7.3-1]")]
+    EmptyTopic,
+    /// No Local on a shared subscription [MQTT-3.8.3-4].
+    #[error("No Local must not be set on a shared subscription [MQTT-3.8.3-4]")]
+    NoLocalOnSharedSubscription,
     /// An MQTT 3.x CONNECT with a password but no user name [MQTT-3.1.2-22].
     #[error("MQTT 3.x does not allow a password without a user name [MQTT-3.1.2-22]")]
     PasswordWithoutUsername,

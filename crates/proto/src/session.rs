@@ -499,11 +499,17 @@ mod tests {
         let reserved = [pid(1), pid(3)];
         let is_reserved = |id: PacketId| reserved.contains(&id);
         // SUBSCRIBE ids come from the same counter and skip those in flight.
-        assert_eq!(w.insert_avoiding(QoS::AtLeastOnce, "a", is_reserved), Ok(pid(2)));
+        assert_eq!(
+            w.insert_avoiding(QoS::AtLeastOnce, "a", is_reserved),
+            Ok(pid(2))
+        );
         assert!(w.contains(pid(2)));
         assert!(!w.contains(pid(1)));
         assert_eq!(w.allocate_id(is_reserved), Some(pid(4)));
-        assert_eq!(w.insert_avoiding(QoS::ExactlyOnce, "b", is_reserved), Ok(pid(5)));
+        assert_eq!(
+            w.insert_avoiding(QoS::ExactlyOnce, "b", is_reserved),
+            Ok(pid(5))
+        );
         assert_eq!(
             w.pubrec(pid(5), ReasonCode::Success),
             Ok(PubRecOutcome::SendPubRel(pid(5)))

@@ -122,7 +122,8 @@ pub(crate) enum VarInt {
     Value(u32, usize),
     /// The slice ends before the last byte of the integer.
     Incomplete,
-    /// Four bytes with the continuation bit all set.
+    /// Four bytes with the continuation bit all set, or more bytes than the value needs
+    /// [MQTT-1.5.5-1].
     TooLong,
 }
 
@@ -134,6 +135,10 @@ pub(crate) fn read_var_int(buf: &[u8]) -> VarInt {
         };
         value |= u32::from(byte & 0x7F) << (7 * i);
         if byte & 0x80 == 0 {
+            // A last byte of 0 after continuation bytes is a non-minimal encoding.
+            if byte == 0 && i > 0 {
+                return VarInt::TooLong;
+            }
             return VarInt::Value(value, i + 1);
         }
     }
@@ -217,6 +222,9 @@ mod tests {
             );
         }
         assert_eq!(read_var_int(&[0x80, 0x80]), VarInt::Incomplete);
+        // Non-minimal encodings of 0 and 1.
+        assert_eq!(read_var_int(&[0x80, 0x00]), VarInt::TooLong);
+        assert_eq!(read_var_int(&[0x81, 0x80, 0x00]), VarInt::TooLong);
         assert_eq!(
             read_var_int(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01]),
             VarInt::TooLong

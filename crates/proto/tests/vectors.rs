@@ -1382,21 +1382,83 @@ fn subscribe_without_filters_is_a_protocol_error() {
 
 #[test]
 fn subscription_option_qos_3_is_rejected() {
-    // 3.1.1 [MQTT-3-8.3-4] calls this malformed. NOTE: 5.0 section 3.8.3.1 says "It is a
-    // Protocol Error if the Maximum QoS field has the value 3"; the codec reports InvalidQoS,
-    // which maps to Malformed Packet (0x81) in both versions.
+    // 3.1.1 [MQTT-3-8.3-4] calls this malformed (3.x sends no reason code either way); 5.0
+    // section 3.8.3.1 calls it a Protocol Error (0x82).
     rejects(
         V3_1_1,
         "82 06 00 01 00 01 61 03",
-        DecodeError::InvalidQoS,
-        ReasonCode::MalformedPacket,
+        DecodeError::InvalidSubscriptionQoS,
+        ReasonCode::ProtocolError,
     );
     rejects(
         V5,
         "82 07 00 01 00 00 01 61 03",
-        DecodeError::InvalidQoS,
+        DecodeError::InvalidSubscriptionQoS,
+        ReasonCode::ProtocolError,
+    );
+}
+
+#[test]
+fn non_minimal_variable_byte_integers_are_rejected() {
+    // [MQTT-1.5.5-1]: the minimum number of bytes. PINGREQ with remaining length 0 as 80 00.
+    rejects(
+        V3_1_1,
+        "C0 80 00",
+        DecodeError::MalformedRemainingLength,
         ReasonCode::MalformedPacket,
     );
+    // A property length of 0 as 80 00 in a 5.0 PUBACK.
+    rejects(
+        V5,
+        "40 05 00 01 00 80 00",
+        DecodeError::MalformedVarInt,
+        ReasonCode::MalformedPacket,
+    );
+}
+
+#[test]
+fn authentication_data_without_method_is_rejected() {
+    // 5.0 section 3.1.2.11.10: Authentication Data without Authentication Method.
+    rejects(
+        V5,
+        "10 12 00 04 4D 51 54 54 05 02 00 3C 04 16 00 01 41 00 01 63",
+        DecodeError::AuthDataWithoutMethod,
+        ReasonCode::ProtocolError,
+    );
+}
+
+#[test]
+fn encoder_refuses_packets_the_decoder_would_reject() {
+    let mut dup0 = Publish::new(TopicName::new("t").unwrap(), "x");
+    dup0.dup = true;
+    let mut buf = BytesMut::new();
+    assert_eq!(
+        Packet::Publish(dup0).encode(V3_1_1, &mut buf),
+        Err(EncodeError::DupOnQoS0)
+    );
+    let empty = Publish::new(TopicName::empty(), "x");
+    assert_eq!(
+        Packet::Publish(empty.clone()).encode(V3_1_1, &mut buf),
+        Err(EncodeError::EmptyTopic)
+    );
+    assert_eq!(
+        Packet::Publish(empty).encode(V5, &mut buf),
+        Err(EncodeError::EmptyTopic)
+    );
+    let no_local = SubscriptionOptions {
+        no_local: true,
+        ..SubscriptionOptions::new(QoS::AtMostOnce)
+    };
+    let sub = Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        filters: vec![(TopicFilter::new("$share/g/t").unwrap(), no_local)],
+        properties: Default::default(),
+    };
+    assert_eq!(
+        Packet::Subscribe(sub).encode(V5, &mut buf),
+        Err(EncodeError::NoLocalOnSharedSubscription)
+    );
+    assert!(buf.is_empty());
 }
 
 #[test]
