@@ -334,6 +334,10 @@ where
         .maximum_packet_size
         .map_or(usize::MAX, |n| n.get() as usize);
     let alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+    let problem_info = connect
+        .properties
+        .request_problem_information
+        .unwrap_or(true);
     let Connect { will, .. } = *connect;
     let mut conn = Conn {
         shared: shared.clone(),
@@ -354,6 +358,7 @@ where
         )),
         will,
         client_max_packet,
+        problem_info,
         in_aliases: InboundAliases::new(if v5 {
             shared.config.topic_alias_maximum
         } else {
@@ -386,6 +391,8 @@ struct Conn<S> {
     ka_timer: Pin<Box<Sleep>>,
     will: Option<Will>,
     client_max_packet: usize,
+    /// 5.0 Request Problem Information: Reason Strings allowed on acknowledgements.
+    problem_info: bool,
     in_aliases: InboundAliases,
     out_aliases: OutboundAliases,
     targets: Vec<Target>,
@@ -597,6 +604,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         if let Some(id) = p.packet_id {
             let mut response = PubResponse::new(id);
             response.reason = reason;
+            if reason.is_error() && self.problem_info {
+                let why = match reason {
+                    ReasonCode::PayloadFormatInvalid => "payload is not valid UTF-8",
+                    _ => "clients may not publish to $SYS topics",
+                };
+                response.properties.reason_string = MqttStr::new(why).ok();
+            }
             match p.qos {
                 QoS::AtLeastOnce => self.send(Packet::PubAck(response)),
                 QoS::ExactlyOnce => {
@@ -821,7 +835,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), false),
         };
         if let (true, Some(reason)) = (v5, goodbye) {
-            self.send(Packet::Disconnect(Disconnect::new(reason)));
+            let mut disconnect = Disconnect::new(reason);
+            if let Close::Protocol(_, why) = &close {
+                // A Reason String is allowed on DISCONNECT whatever Request Problem
+                // Information says, but not if it makes the packet too large for the client.
+                disconnect.properties.reason_string = MqttStr::new(why.as_str()).ok();
+                let fits = Packet::Disconnect(disconnect.clone())
+                    .encoded_len(self.version)
+                    .is_ok_and(|len| len <= self.client_max_packet);
+                if !fits {
+                    disconnect.properties.reason_string = None;
+                }
+            }
+            self.send(Packet::Disconnect(disconnect));
         }
         if !matches!(close, Close::Network) {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.io.flush()).await;

@@ -56,7 +56,14 @@ async fn second_connect_is_a_protocol_error() {
         .await;
     let got = p.expect_closed().await;
     match got.as_slice() {
-        [Packet::Disconnect(d)] => assert_eq!(d.reason, ReasonCode::ProtocolError),
+        [Packet::Disconnect(d)] => {
+            assert_eq!(d.reason, ReasonCode::ProtocolError);
+            let why = d.properties.reason_string.as_deref().unwrap_or_default();
+            assert!(
+                why.contains("MQTT-3.1.0-2"),
+                "reason string names the rule: {why}"
+            );
+        }
         other => panic!("{other:?}"),
     }
 }

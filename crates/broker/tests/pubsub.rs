@@ -167,7 +167,13 @@ async fn clients_cannot_publish_to_sys_topics() {
     )))
     .await;
     match p.recv().await {
-        Packet::PubAck(a) => assert_eq!(a.reason, ReasonCode::NotAuthorized),
+        Packet::PubAck(a) => {
+            assert_eq!(a.reason, ReasonCode::NotAuthorized);
+            assert!(
+                a.properties.reason_string.is_some(),
+                "reason string explains"
+            );
+        }
         other => panic!("{other:?}"),
     }
     sub.expect_silence().await;
