@@ -173,6 +173,13 @@ mod tests {
     }
 
     #[test]
+    fn example_file_documents_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
+        let example = Config::from_file(Path::new(path)).unwrap();
+        assert_eq!(format!("{example:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = Config::from_toml("maximum_qos = 3")
             .unwrap_err()
