@@ -403,6 +403,10 @@ struct Conn<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     async fn run(&mut self) -> Close {
+        // Packets that arrived together with CONNECT.
+        if let Some(close) = self.handle_input() {
+            return close;
+        }
         loop {
             self.pull();
             self.flush_metrics();

@@ -312,3 +312,31 @@ async fn oversized_packet_is_refused_from_its_header() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn packets_sent_together_with_connect_are_handled() {
+    // A client may pipeline packets after CONNECT without waiting for CONNACK.
+    let b = broker().await;
+    let mut p = Peer::open(addr(&b), V3_1_1).await;
+    let mut bytes = bytes::BytesMut::new();
+    Packet::Connect(Box::new(connect_packet(V3_1_1, "eager")))
+        .encode(V3_1_1, &mut bytes)
+        .unwrap();
+    Packet::Subscribe(sagitta_proto::Subscribe {
+        packet_id: pid(1),
+        filters: vec![(
+            filter("eager"),
+            sagitta_proto::SubscriptionOptions::new(QoS::AtMostOnce),
+        )],
+        properties: Default::default(),
+    })
+    .encode(V3_1_1, &mut bytes)
+    .unwrap();
+    Packet::Publish(publish("eager", "hi", QoS::AtMostOnce, false, 0))
+        .encode(V3_1_1, &mut bytes)
+        .unwrap();
+    p.send_raw(&bytes).await;
+    assert!(matches!(p.recv().await, Packet::ConnAck(a) if a.reason == ReasonCode::Success));
+    assert!(matches!(p.recv().await, Packet::SubAck(_)));
+    assert_eq!(&p.recv_publish().await.payload[..], b"hi");
+}
