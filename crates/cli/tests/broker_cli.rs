@@ -1,0 +1,121 @@
+//! `sagitta broker` as a user runs it: flags, config file errors, and a clean shutdown on
+//! SIGINT that tells MQTT 5 clients (DISCONNECT 0x8B).
+// Test helpers may panic: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use sagitta_proto::{Connect, MqttStr, Packet, ProtocolVersion, ReasonCode, decode};
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(args: &[&str]) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_sagitta"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Running(child)
+}
+
+fn connect_when_up(addr: SocketAddr) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("broker did not come up: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn recv(stream: &mut TcpStream, buf: &mut BytesMut, v: ProtocolVersion) -> Option<Packet> {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    loop {
+        if let Some(p) = decode(buf, v, usize::MAX).unwrap() {
+            return Some(p);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[test]
+fn sigint_disconnects_v5_clients_with_0x8b_and_exits_0() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut broker = start(&["broker", "--listen", &listen]);
+    let mut stream = connect_when_up(listen.parse().unwrap());
+    let mut out = BytesMut::new();
+    let connect = Connect::new(ProtocolVersion::V5, MqttStr::new("cli-test").unwrap());
+    Packet::Connect(Box::new(connect)).encode(ProtocolVersion::V5, &mut out).unwrap();
+    stream.write_all(&out).unwrap();
+    let mut buf = BytesMut::new();
+    assert!(matches!(recv(&mut stream, &mut buf, ProtocolVersion::V5), Some(Packet::ConnAck(_))));
+
+    let pid = broker.0.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    match recv(&mut stream, &mut buf, ProtocolVersion::V5) {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::ServerShuttingDown),
+        other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = broker.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "broker did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn bad_config_is_a_clear_error_and_exit_code_2() {
+    let dir = std::env::temp_dir().join(format!("sagitta-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "listen = [\"127.0.0.1:1883\"]\nmax_inflight = \"many\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sagitta"))
+        .args(["broker", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_inflight") && err.contains("line 2"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn config_file_sets_the_listen_address() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("sagitta-cli-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ok.toml");
+    std::fs::write(&path, format!("listen = [\"127.0.0.1:{port}\"]\n")).unwrap();
+    let _broker = start(&["broker", "--config", path.to_str().unwrap()]);
+    let stream = connect_when_up(SocketAddr::from(([127, 0, 0, 1], port)));
+    drop(stream);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
