@@ -81,10 +81,31 @@ fn check(s: &str) -> Result<(), StringError> {
     if s.len() > MAX_STRING_LEN {
         return Err(StringError::TooLong(s.len()));
     }
-    if s.as_bytes().contains(&0) {
+    if contains_any(s.as_bytes(), 0, 0) {
         return Err(StringError::NullCharacter);
     }
     Ok(())
+}
+
+/// True if any byte of `bytes` equals `x` or `y`. Checks eight bytes per step (SWAR): strings
+/// and topics are short, and this is on the decode path of every PUBLISH.
+#[inline]
+pub(crate) fn contains_any(bytes: &[u8], x: u8, y: u8) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let (mx, my) = (LO * u64::from(x), LO * u64::from(y));
+    // A byte of `v` is zero iff the classic "haszero" expression has its high bit set.
+    let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_ne_bytes(word);
+        if has_zero(v ^ mx) || has_zero(v ^ my) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&c| c == x || c == y)
 }
 
 impl Deref for MqttStr {
@@ -157,6 +178,23 @@ mod tests {
     #[test]
     fn rejects_null_character() {
         assert_eq!(MqttStr::new("a\0b"), Err(StringError::NullCharacter));
+    }
+
+    #[test]
+    fn contains_any_finds_bytes_at_every_position() {
+        for len in 0..40 {
+            let base = vec![b'a'; len];
+            assert!(!contains_any(&base, 0, b'+'));
+            for i in 0..len {
+                for needle in [0u8, b'+', 0x80, 0xFF] {
+                    let mut v = base.clone();
+                    v[i] = needle;
+                    assert!(contains_any(&v, needle, b'#'), "{len} {i} {needle}");
+                    assert!(contains_any(&v, b'#', needle), "{len} {i} {needle}");
+                    assert!(!contains_any(&v, b'#', b'$'), "{len} {i} {needle}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -83,7 +83,7 @@ fn check_name(s: &str, allow_empty: bool) -> Result<(), TopicError> {
     if s.is_empty() && !allow_empty {
         return Err(TopicError::Empty);
     }
-    if s.bytes().any(|b| b == b'+' || b == b'#') {
+    if crate::string::contains_any(s.as_bytes(), b'+', b'#') {
         return Err(TopicError::WildcardInName);
     }
     Ok(())
