@@ -59,12 +59,13 @@ impl Shared {
     /// Routes a message to every matching session and stores it if retained. Returns the
     /// number of sessions it was queued for. `targets` is scratch space (kept to reuse).
     pub fn publish(&self, msg: Arc<Message>, targets: &mut Vec<Target>) -> usize {
-        if msg.retain && self.config.retain_available {
-            self.retained.set(msg.clone());
-        }
         targets.clear();
         self.router
-            .route(&msg.topic, msg.origin.as_deref(), targets);
+            .route(&msg.topic, msg.origin.as_deref(), targets, || {
+                if msg.retain && self.config.retain_available {
+                    self.retained.set(msg.clone());
+                }
+            });
         let mut queued = 0;
         for t in targets.drain(..) {
             let delivery = Delivery {

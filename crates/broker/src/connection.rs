@@ -413,7 +413,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             if !self.io.wbuf.is_empty() {
                 let flushed = tokio::select! {
                     r = self.io.flush() => r,
-                    _ = self.kick.cancelled() => return Close::TakenOver,
+                    _ = self.kick.cancelled() => return self.taken_over().await,
                     _ = self.shared.shutdown.cancelled() => return Close::Shutdown,
                 };
                 if let Err(e) = flushed {
@@ -424,7 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => return Close::Shutdown,
-                _ = self.kick.cancelled() => return Close::TakenOver,
+                _ = self.kick.cancelled() => return self.taken_over().await,
                 r = self.io.read() => match r {
                     Ok(0) => return Close::Network,
                     Err(e) => {
@@ -447,6 +447,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     }
                 }
             }
+        }
+    }
+
+    /// Another connection claims the session. A DISCONNECT the client already sent still
+    /// counts [MQTT-3.1.2-10]: take in what is readable now, without waiting, first.
+    async fn taken_over(&mut self) -> Close {
+        for _ in 0..8 {
+            match tokio::time::timeout(Duration::ZERO, self.io.read()).await {
+                Ok(Ok(n)) if n > 0 && self.io.rbuf.len() < WRITE_HIGH_WATER => {}
+                _ => break,
+            }
+        }
+        match self.handle_input() {
+            Some(close @ Close::ClientDisconnect { .. }) => close,
+            _ => Close::TakenOver,
         }
     }
 
@@ -634,53 +649,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let sub_id = s.properties.subscription_identifier;
         let max_qos = QoS::from_u8(self.shared.config.maximum_qos).unwrap_or(QoS::ExactlyOnce);
         let mut reasons = Vec::with_capacity(s.filters.len());
-        let mut retained = Vec::new();
         let now = Instant::now();
         for (filter, mut options) in s.filters {
             options.qos = options.qos.min(max_qos);
-            let existed = self
-                .shared
+            let (entry, shared, client_id) = (&self.entry, &self.shared, &self.client_id);
+            self.shared
                 .router
-                .subscribe(&self.entry, &filter, options, sub_id);
-            self.state
-                .subscriptions
-                .insert(filter.clone(), (options, sub_id));
+                .subscribe_then(entry, &filter, options, sub_id, |existed| {
+                    // Retained messages are not sent for shared subscriptions.
+                    let send_retained = filter.shared().is_none()
+                        && match options.retain_handling {
+                            RetainHandling::SendAtSubscribe => true,
+                            RetainHandling::SendIfNew => !existed,
+                            RetainHandling::DoNotSend => false,
+                        };
+                    if !send_retained {
+                        return;
+                    }
+                    for msg in shared.retained.matching(filter.match_filter(), now) {
+                        if options.no_local && msg.origin.as_deref() == Some(&**client_id) {
+                            continue;
+                        }
+                        let d = Delivery {
+                            qos: msg.qos.min(options.qos),
+                            msg,
+                            retain: true,
+                            sub_ids: sub_id.into_iter().collect(),
+                        };
+                        if entry.enqueue(d, true) != crate::session::Enqueued::Queued {
+                            Metrics::add(&shared.metrics.dropped_queue_full, 1);
+                        }
+                    }
+                });
             reasons.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
                 QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
                 QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
             });
-            // Retained messages are not sent for shared subscriptions.
-            let send_retained = filter.shared().is_none()
-                && match options.retain_handling {
-                    RetainHandling::SendAtSubscribe => true,
-                    RetainHandling::SendIfNew => !existed,
-                    RetainHandling::DoNotSend => false,
-                };
-            if send_retained {
-                for msg in self.shared.retained.matching(filter.match_filter(), now) {
-                    if options.no_local && msg.origin.as_deref() == Some(&*self.client_id) {
-                        continue;
-                    }
-                    retained.push(Delivery {
-                        qos: msg.qos.min(options.qos),
-                        msg,
-                        retain: true,
-                        sub_ids: sub_id.into_iter().collect(),
-                    });
-                }
-            }
+            self.state.subscriptions.insert(filter, (options, sub_id));
         }
+        // The SUBACK goes out before the retained messages: those wait in the mailbox until
+        // the next pull, after every packet of this read has been handled.
         self.send(Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reasons,
             properties: Default::default(),
         }));
-        for d in retained {
-            if self.entry.enqueue(d, true) != crate::session::Enqueued::Queued {
-                Metrics::add(&self.shared.metrics.dropped_queue_full, 1);
-            }
-        }
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {

@@ -66,6 +66,7 @@ pub(crate) struct Router {
 
 impl Router {
     /// Adds or replaces `session`'s subscription to `filter`. Returns true if it existed.
+    #[cfg(test)]
     pub fn subscribe(
         &self,
         session: &Arc<SessionEntry>,
@@ -73,6 +74,20 @@ impl Router {
         options: SubscriptionOptions,
         id: Option<SubscriptionId>,
     ) -> bool {
+        self.subscribe_then(session, filter, options, id, |existed| existed)
+    }
+
+    /// Adds or replaces `session`'s subscription to `filter`, then runs `then` with whether it
+    /// existed, still under the write lock: no publish is routed in between, so retained
+    /// messages queued by `then` come before any live message routed to the subscription.
+    pub fn subscribe_then<R>(
+        &self,
+        session: &Arc<SessionEntry>,
+        filter: &TopicFilter,
+        options: SubscriptionOptions,
+        id: Option<SubscriptionId>,
+        then: impl FnOnce(bool) -> R,
+    ) -> R {
         let sub = Sub {
             session: session.clone(),
             options,
@@ -110,7 +125,7 @@ impl Router {
         if !existed {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
-        existed
+        then(existed)
     }
 
     /// Removes `client_id`'s subscription to `filter`. Returns true if it existed.
@@ -133,8 +148,17 @@ impl Router {
     /// Collects the sessions `topic` must go to. Overlapping subscriptions of one session are
     /// merged into one target at the highest QoS with all their Subscription Identifiers;
     /// each shared group contributes one member. `origin` is the publisher, for No Local.
-    pub fn route(&self, topic: &str, origin: Option<&str>, out: &mut Vec<Target>) {
+    /// `under_lock` runs first, under the read lock (the retained store is updated there, so
+    /// that it and the routing are one step for a concurrent subscribe).
+    pub fn route(
+        &self,
+        topic: &str,
+        origin: Option<&str>,
+        out: &mut Vec<Target>,
+        under_lock: impl FnOnce(),
+    ) {
         let root = self.root.read().unwrap_or_else(|e| e.into_inner());
+        under_lock();
         let mut shared = Vec::new();
         let system = topic.starts_with('$');
         collect(&root, Some(topic), system, origin, out, &mut shared);
@@ -270,7 +294,7 @@ mod tests {
 
     fn route(r: &Router, topic: &str, origin: Option<&str>) -> Vec<(String, QoS, Vec<u32>)> {
         let mut out = Vec::new();
-        r.route(topic, origin, &mut out);
+        r.route(topic, origin, &mut out, || {});
         let mut v: Vec<_> = out
             .into_iter()
             .map(|t| {
