@@ -1,0 +1,378 @@
+//! Test harness: a Mosquitto broker started per test on a free port, a TCP proxy that can cut
+//! or freeze connections, and a scripted mock broker speaking raw MQTT with the codec.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use sagitta_client::proto::{ConnAck, Connect, Packet, ProtocolVersion, ReasonCode, decode};
+use sagitta_client::{ReconnectPolicy, State, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test if it takes longer than [`WAIT`].
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+/// A reconnect policy fast enough for tests.
+pub fn fast_reconnect() -> ReconnectPolicy {
+    ReconnectPolicy::exponential(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+/// Waits until the client's status satisfies `pred`.
+pub async fn wait_status(
+    client: &sagitta_client::Client,
+    what: &str,
+    pred: impl FnMut(&Status) -> bool,
+) -> Status {
+    let mut rx = client.watch_status();
+    within(what, async move {
+        rx.wait_for(pred)
+            .await
+            .map(|s| s.clone())
+            .expect("status sender alive")
+    })
+    .await
+}
+
+/// Waits until the client is connected for the `n`th time.
+pub async fn wait_connected(client: &sagitta_client::Client, n: u32) -> Status {
+    wait_status(client, "reconnection", |s| {
+        s.state == State::Connected && s.connections >= n
+    })
+    .await
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+fn mosquitto_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOSQUITTO") {
+        return PathBuf::from(p);
+    }
+    for candidate in ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    panic!(
+        "mosquitto not found (looked at $MOSQUITTO, /usr/sbin/mosquitto, \
+         /usr/local/sbin/mosquitto): install Debian's `mosquitto` package \
+         (scripts/test-all does) to run the client's integration tests"
+    );
+}
+
+/// A Mosquitto process on 127.0.0.1, killed when dropped.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto with anonymous access and no persistence.
+    pub fn start() -> Self {
+        Self::with_config(|_| "allow_anonymous true\n".to_owned())
+    }
+
+    /// Starts Mosquitto with the config lines `extra` returns; it gets the directory for the
+    /// test's files (password file, ACL file).
+    pub fn with_config(extra: impl FnOnce(&Path) -> String) -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("sagitta-client-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        let config = format!(
+            "listener {port} 127.0.0.1\npersistence false\nuser root\n\
+             log_dest stderr\nlog_type all\n{}",
+            extra(&dir)
+        );
+        std::fs::write(dir.join("mosquitto.conf"), config).expect("write config");
+        let mut m = Self {
+            port,
+            dir,
+            child: None,
+        };
+        m.start_again();
+        m
+    }
+
+    /// `host:port` of the broker.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The test's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kills the broker at once (SIGKILL): no DISCONNECT, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// (Re)starts the broker on the same port and waits until it accepts connections.
+    pub fn start_again(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .expect("open log");
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("mosquitto exited with {status}; log: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not accept connections on port {}; log: {}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Writes a password file with one user and returns the config line for it.
+    pub fn password_file(dir: &Path, user: &str, password: &str) -> String {
+        let path = dir.join("passwords");
+        let status = Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg("-c")
+            .arg(&path)
+            .arg(user)
+            .arg(password)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run mosquitto_passwd (from Debian's mosquitto package)");
+        assert!(status.success(), "mosquitto_passwd failed");
+        format!("password_file {}\n", path.display())
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP proxy in front of a broker: `cut` closes the current connections, `freeze` stops
+/// forwarding on them while keeping them open. New connections are forwarded normally.
+pub struct Proxy {
+    pub port: u16,
+    cut: Arc<Mutex<CancellationToken>>,
+    freeze: Arc<Mutex<CancellationToken>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let cut = Arc::new(Mutex::new(CancellationToken::new()));
+        let freeze = Arc::new(Mutex::new(CancellationToken::new()));
+        let (c, f) = (cut.clone(), freeze.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let cut = c.lock().unwrap().clone();
+                let freeze = f.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let frozen = tokio::select! {
+                        () = cut.cancelled() => false,
+                        () = freeze.cancelled() => true,
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                    };
+                    if frozen {
+                        cut.cancelled().await;
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            cut,
+            freeze,
+            accept,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every current connection (both sides), as a network failure would.
+    pub fn cut(&self) {
+        let old = std::mem::take(&mut *self.cut.lock().unwrap());
+        old.cancel();
+    }
+
+    /// Stops forwarding on every current connection but keeps them open: a silent network.
+    pub fn freeze(&self) {
+        let old = std::mem::take(&mut *self.freeze.lock().unwrap());
+        old.cancel();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// A scripted broker: the test drives each packet.
+pub struct MockBroker {
+    listener: TcpListener,
+    pub port: u16,
+}
+
+impl MockBroker {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        let port = listener.local_addr().expect("mock addr").port();
+        Self { listener, port }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Accepts the next connection.
+    pub async fn accept(&self, version: ProtocolVersion) -> MockConn {
+        let (stream, _) = within("a client connection", self.listener.accept())
+            .await
+            .expect("accept");
+        MockConn {
+            stream,
+            buf: BytesMut::new(),
+            version,
+        }
+    }
+
+    /// Accepts a connection, reads CONNECT and answers `connack`.
+    pub async fn accept_with(
+        &self,
+        version: ProtocolVersion,
+        connack: ConnAck,
+    ) -> (MockConn, Connect) {
+        let mut conn = self.accept(version).await;
+        let connect = match conn.recv().await {
+            Packet::Connect(c) => *c,
+            other => panic!("expected CONNECT, got {other:?}"),
+        };
+        conn.send(&Packet::ConnAck(connack)).await;
+        (conn, connect)
+    }
+}
+
+/// A successful CONNACK.
+pub fn connack(session_present: bool) -> ConnAck {
+    ConnAck::new(session_present, ReasonCode::Success)
+}
+
+/// One connection of the mock broker.
+pub struct MockConn {
+    stream: TcpStream,
+    buf: BytesMut,
+    version: ProtocolVersion,
+}
+
+impl MockConn {
+    /// The next packet, or `None` at end of stream.
+    pub async fn next(&mut self, limit: Duration) -> Option<Packet> {
+        let read = async {
+            loop {
+                if let Some(p) = decode(&mut self.buf, self.version, 1 << 24).expect("decode") {
+                    return Some(p);
+                }
+                if self.stream.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(limit, read).await.ok().flatten()
+    }
+
+    /// The next packet; fails the test on end of stream or timeout.
+    pub async fn recv(&mut self) -> Packet {
+        match self.next(WAIT).await {
+            Some(p) => p,
+            None => panic!("connection closed or silent while a packet was expected"),
+        }
+    }
+
+    /// Asserts that nothing arrives for `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        if let Some(p) = self.next(quiet).await {
+            panic!("expected silence, got {p:?}");
+        }
+    }
+
+    /// Reads until the client closes; returns what came before.
+    pub async fn until_closed(&mut self) -> Vec<Packet> {
+        let mut packets = Vec::new();
+        within("the client to close the connection", async {
+            while let Some(p) = self.next(WAIT).await {
+                packets.push(p);
+            }
+        })
+        .await;
+        packets
+    }
+
+    pub async fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        packet.encode(self.version, &mut out).expect("encode");
+        self.send_raw(&out).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        // The client may already have closed: that is for the test to check.
+        let _ = self.stream.write_all(bytes).await;
+    }
+}
