@@ -1,5 +1,6 @@
-//! Test harness: a Mosquitto broker started per test on a free port, a TCP proxy that can cut
-//! or freeze connections, and a scripted mock broker speaking raw MQTT with the codec.
+//! Test harness: a broker started per test on a free port — Debian's Mosquitto or our own
+//! ([`BrokerKind`]) —, a TCP proxy that can cut or freeze connections, and a scripted mock
+//! broker speaking raw MQTT with the codec.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -64,6 +65,106 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
+/// Which broker an integration test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// Debian's Mosquitto, a child process.
+    Mosquitto,
+    /// Our own broker (`sagitta-broker`), in-process on a runtime of its own.
+    Sagitta,
+}
+
+/// What a test needs from the broker beyond anonymous access on a free port of 127.0.0.1,
+/// without persistence.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerSetup {
+    /// Only this user, with this password, may connect; anonymous clients are refused.
+    pub user: Option<(String, String)>,
+    /// The largest packet the broker accepts (and announces to 5.0 clients).
+    pub max_packet_size: Option<u32>,
+    /// A Mosquitto ACL file. Our broker has no ACLs yet: starting it with one fails the test,
+    /// so a scenario that needs them must be skipped for it explicitly.
+    pub mosquitto_acl: Option<String>,
+}
+
+impl BrokerSetup {
+    /// Only `user` with `password` may connect.
+    pub fn user(mut self, user: &str, password: &str) -> Self {
+        self.user = Some((user.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// The broker's maximum packet size.
+    pub fn max_packet_size(mut self, max: u32) -> Self {
+        self.max_packet_size = Some(max);
+        self
+    }
+
+    /// A Mosquitto ACL file's text.
+    pub fn mosquitto_acl(mut self, acl: &str) -> Self {
+        self.mosquitto_acl = Some(acl.to_owned());
+        self
+    }
+}
+
+/// A broker of either kind, stopped when dropped.
+pub enum TestBroker {
+    Mosquitto(Mosquitto),
+    Sagitta(Sagitta),
+}
+
+impl TestBroker {
+    /// Starts a broker of `kind` with anonymous access.
+    pub fn start(kind: BrokerKind) -> Self {
+        Self::start_with(kind, &BrokerSetup::default())
+    }
+
+    /// Starts a broker of `kind` set up as `setup` says.
+    pub fn start_with(kind: BrokerKind, setup: &BrokerSetup) -> Self {
+        match kind {
+            BrokerKind::Mosquitto => Self::Mosquitto(Mosquitto::start_with(setup)),
+            BrokerKind::Sagitta => Self::Sagitta(Sagitta::start_with(setup)),
+        }
+    }
+
+    pub fn kind(&self) -> BrokerKind {
+        match self {
+            Self::Mosquitto(_) => BrokerKind::Mosquitto,
+            Self::Sagitta(_) => BrokerKind::Sagitta,
+        }
+    }
+
+    /// The port the broker listens on (kept across restarts).
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::Mosquitto(m) => m.port,
+            Self::Sagitta(s) => s.port,
+        }
+    }
+
+    /// `host:port` of the broker.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port())
+    }
+
+    /// Stops the broker at once: no DISCONNECT, no goodbye, no will; sessions are lost.
+    pub fn kill(&mut self) {
+        match self {
+            Self::Mosquitto(m) => m.kill(),
+            Self::Sagitta(s) => s.kill(),
+        }
+    }
+
+    /// (Re)starts the broker on the same port, with the same setup and an empty state, and
+    /// waits until it accepts connections.
+    pub fn start_again(&mut self) {
+        match self {
+            Self::Mosquitto(m) => m.start_again(),
+            Self::Sagitta(s) => s.start_again(),
+        }
+    }
+}
+
 fn mosquitto_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("MOSQUITTO") {
         return PathBuf::from(p);
@@ -90,7 +191,30 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts Mosquitto with anonymous access and no persistence.
     pub fn start() -> Self {
-        Self::with_config(|_| "allow_anonymous true\n".to_owned())
+        Self::start_with(&BrokerSetup::default())
+    }
+
+    /// Starts Mosquitto set up as `setup` says.
+    pub fn start_with(setup: &BrokerSetup) -> Self {
+        Self::with_config(|dir| {
+            let mut lines = String::new();
+            match &setup.user {
+                Some((user, password)) => {
+                    lines.push_str("allow_anonymous false\n");
+                    lines.push_str(&Self::password_file(dir, user, password));
+                }
+                None => lines.push_str("allow_anonymous true\n"),
+            }
+            if let Some(max) = setup.max_packet_size {
+                lines.push_str(&format!("max_packet_size {max}\n"));
+            }
+            if let Some(acl) = &setup.mosquitto_acl {
+                let path = dir.join("acl");
+                std::fs::write(&path, acl).expect("write ACL file");
+                lines.push_str(&format!("acl_file {}\n", path.display()));
+            }
+            lines
+        })
     }
 
     /// Starts Mosquitto with the config lines `extra` returns; it gets the directory for the
@@ -195,6 +319,160 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Our broker, in-process on 127.0.0.1: it runs on a Tokio runtime of its own, on a thread
+/// of its own, so it neither shares the test's runtime nor needs one (blocking tests), and
+/// can be killed like a process: dropping the runtime drops every task and closes every
+/// socket, with no DISCONNECT and no will. Stopped when dropped.
+///
+/// `RUST_LOG=sagitta_broker=debug` shows its log in a failing test's output.
+pub struct Sagitta {
+    pub port: u16,
+    setup: BrokerSetup,
+    running: Option<RunningSagitta>,
+}
+
+struct RunningSagitta {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Sagitta {
+    /// Starts our broker with default settings and anonymous access.
+    pub fn start() -> Self {
+        Self::start_with(&BrokerSetup::default())
+    }
+
+    /// Starts our broker set up as `setup` says, on a free port.
+    pub fn start_with(setup: &BrokerSetup) -> Self {
+        assert!(
+            setup.mosquitto_acl.is_none(),
+            "our broker has no ACLs yet: skip this scenario for it, saying so"
+        );
+        init_tracing();
+        let mut s = Self {
+            port: 0,
+            setup: setup.clone(),
+            running: None,
+        };
+        s.start_again();
+        s
+    }
+
+    /// `host:port` of the broker.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker at once, as SIGKILL stops a process: every task is dropped, every
+    /// socket closed; clients get no DISCONNECT and no will is published.
+    pub fn kill(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.stop.send(());
+            running.thread.join().expect("broker thread panicked");
+        }
+    }
+
+    /// (Re)starts the broker (on the port it got first), with an empty state.
+    pub fn start_again(&mut self) {
+        self.kill();
+        let defaults = sagitta_broker::Config::default();
+        let config = sagitta_broker::Config {
+            // Port 0 the first time; then the port we got, so clients find us again.
+            listen: vec![std::net::SocketAddr::from(([127, 0, 0, 1], self.port))],
+            max_packet_size: self
+                .setup
+                .max_packet_size
+                .unwrap_or(defaults.max_packet_size),
+            ..defaults
+        };
+        let user = self.setup.user.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("sagitta-broker-{}", self.port))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("broker runtime");
+                runtime.block_on(async move {
+                    let mut builder = sagitta_broker::Broker::builder(config);
+                    if let Some((user, password)) = user {
+                        builder = builder.authenticator(OneUser { user, password });
+                    }
+                    match builder.start().await {
+                        Ok(broker) => {
+                            let _ = ready_tx.send(Ok(broker.local_addrs()[0]));
+                            let _ = stop_rx.await;
+                            // Not `shutdown()`: the runtime is dropped with the broker's
+                            // tasks still running, which is the point.
+                            drop(broker);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                        }
+                    }
+                });
+                drop(runtime);
+            })
+            .expect("spawn broker thread");
+        let addr = match ready_rx.recv_timeout(WAIT) {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(e)) => panic!("our broker did not start on port {}: {e}", self.port),
+            Err(e) => panic!("our broker did not start on port {}: {e}", self.port),
+        };
+        self.port = addr.port();
+        self.running = Some(RunningSagitta {
+            stop: stop_tx,
+            thread,
+        });
+    }
+}
+
+impl Drop for Sagitta {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.stop.send(());
+            let _ = running.thread.join();
+        }
+    }
+}
+
+/// One user with a password, as Mosquitto's `allow_anonymous false` + password file:
+/// anonymous clients are not authorized (0x87, 3.x return code 5), a wrong user name or
+/// password is 0x86 (3.x return code 4).
+struct OneUser {
+    user: String,
+    password: String,
+}
+
+impl sagitta_broker::Authenticator for OneUser {
+    fn authenticate(&self, info: &sagitta_broker::ConnectInfo<'_>) -> Result<(), ReasonCode> {
+        match (info.username, info.password) {
+            (None, _) => Err(ReasonCode::NotAuthorized),
+            (Some(user), Some(password))
+                if user == self.user && password == self.password.as_bytes() =>
+            {
+                Ok(())
+            }
+            _ => Err(ReasonCode::BadUserNameOrPassword),
+        }
+    }
+}
+
+/// Sends `tracing` output (the in-process broker's log) to the test's captured output when
+/// `RUST_LOG` is set.
+fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
     }
 }
 
