@@ -101,7 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             self.stream.write_all(&self.wbuf).await?;
             self.bytes_out += self.wbuf.len() as u64;
             self.wbuf.clear();
-            if self.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
+            if self.wbuf.capacity() > 2 * WRITE_HIGH_WATER {
                 self.wbuf = BytesMut::new();
             }
         }
@@ -773,6 +773,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             }
         }
         self.batch = batch;
+        if self.io.wbuf.len() >= WRITE_HIGH_WATER {
+            // Stopped for the output buffer, maybe with messages left: the wake-up for them
+            // has been used already, so make sure the loop comes back after the flush.
+            self.entry.wake();
+        }
     }
 
     fn deliver(&mut self, d: Delivery, now: Instant) {

@@ -121,6 +121,11 @@ impl SessionEntry {
         self.mailbox().queue.clear();
     }
 
+    /// Makes the next [`SessionEntry::notified`] return at once.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
     /// Resolves when a message has been queued for the connected client.
     pub async fn notified(&self) {
         self.notify.notified().await;

@@ -475,3 +475,40 @@ async fn a_slow_subscriber_does_not_stall_others_and_its_queue_is_bounded() {
     );
     drop(stuck);
 }
+
+#[tokio::test]
+async fn a_burst_larger_than_one_write_is_delivered_without_further_traffic() {
+    // Regression: the connection stopped encoding at its output high-water mark and then
+    // waited for a wake-up that had already been used; the tail of a QoS 0 burst stayed
+    // queued until the subscriber sent something.
+    let b = broker_with(sagitta_broker::Config {
+        max_queued_messages: 100_000,
+        ..Default::default()
+    })
+    .await;
+    let mut sub = Peer::connect(addr(&b), V3_1_1, "sub").await;
+    sub.subscribe("burst", QoS::AtMostOnce).await;
+    let mut publ = Peer::connect(addr(&b), V3_1_1, "pub").await;
+    // 6 MB to a subscriber that is not reading yet: its socket fills up, the broker's write
+    // blocks, and the rest waits in the mailbox; then the subscriber reads everything.
+    let total = 6_000;
+    let pad = "x".repeat(1000);
+    let mut bytes = bytes::BytesMut::new();
+    for i in 0..total {
+        Packet::Publish(publish(
+            "burst",
+            &format!("{i:08}{pad}"),
+            QoS::AtMostOnce,
+            false,
+            0,
+        ))
+        .encode(V3_1_1, &mut bytes)
+        .unwrap();
+    }
+    publ.send_raw(&bytes).await;
+    publ.ping().await;
+    for i in 0..total {
+        let p = sub.recv_publish().await;
+        assert_eq!(&p.payload[..8], format!("{i:08}").as_bytes());
+    }
+}

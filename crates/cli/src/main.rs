@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use sagitta_broker::{Broker, Config};
 use tracing_subscriber::EnvFilter;
 
+mod bench;
+mod pubsub;
+
 #[derive(Parser)]
 #[command(name = "sagitta", version, about = "Sagitta MQTT broker and tools")]
 struct Cli {
@@ -19,6 +22,12 @@ struct Cli {
 enum Command {
     /// Run the MQTT broker (MQTT 3.1, 3.1.1 and 5.0).
     Broker(BrokerArgs),
+    /// Load-test an MQTT broker (any broker): conn, pub, sub, fanin, fanout, pairs.
+    Bench(bench::BenchArgs),
+    /// Publish a message, a file or stdin (like mosquitto_pub).
+    Pub(pubsub::PubArgs),
+    /// Subscribe and print messages (like mosquitto_sub).
+    Sub(pubsub::SubArgs),
 }
 
 #[derive(clap::Args)]
@@ -33,9 +42,14 @@ struct BrokerArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // pub and sub keep stderr for their own one-line errors.
+    let default_log = match cli.command {
+        Command::Pub(_) | Command::Sub(_) => "error",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -51,6 +65,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Broker(args) => runtime.block_on(run_broker(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Pub(args) => runtime.block_on(pubsub::run_pub(args)),
+        Command::Sub(args) => runtime.block_on(pubsub::run_sub(args)),
     }
 }
 

@@ -21,7 +21,11 @@ impl Drop for Running {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start(args: &[&str]) -> Running {
@@ -47,7 +51,9 @@ fn connect_when_up(addr: SocketAddr) -> TcpStream {
 }
 
 fn recv(stream: &mut TcpStream, buf: &mut BytesMut, v: ProtocolVersion) -> Option<Packet> {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     loop {
         if let Some(p) = decode(buf, v, usize::MAX).unwrap() {
             return Some(p);
@@ -68,13 +74,24 @@ fn sigint_disconnects_v5_clients_with_0x8b_and_exits_0() {
     let mut stream = connect_when_up(listen.parse().unwrap());
     let mut out = BytesMut::new();
     let connect = Connect::new(ProtocolVersion::V5, MqttStr::new("cli-test").unwrap());
-    Packet::Connect(Box::new(connect)).encode(ProtocolVersion::V5, &mut out).unwrap();
+    Packet::Connect(Box::new(connect))
+        .encode(ProtocolVersion::V5, &mut out)
+        .unwrap();
     stream.write_all(&out).unwrap();
     let mut buf = BytesMut::new();
-    assert!(matches!(recv(&mut stream, &mut buf, ProtocolVersion::V5), Some(Packet::ConnAck(_))));
+    assert!(matches!(
+        recv(&mut stream, &mut buf, ProtocolVersion::V5),
+        Some(Packet::ConnAck(_))
+    ));
 
     let pid = broker.0.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     match recv(&mut stream, &mut buf, ProtocolVersion::V5) {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::ServerShuttingDown),
         other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
@@ -95,7 +112,11 @@ fn bad_config_is_a_clear_error_and_exit_code_2() {
     let dir = std::env::temp_dir().join(format!("sagitta-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
-    std::fs::write(&path, "listen = [\"127.0.0.1:1883\"]\nmax_inflight = \"many\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "listen = [\"127.0.0.1:1883\"]\nmax_inflight = \"many\"\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sagitta"))
         .args(["broker", "--config"])
         .arg(&path)
@@ -103,7 +124,10 @@ fn bad_config_is_a_clear_error_and_exit_code_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("max_inflight") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("max_inflight") && err.contains("line 2"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
