@@ -31,6 +31,15 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sagitta broker                                  listen on 127.0.0.1:1883
+  sagitta broker -l 0.0.0.0:1883 -l [::]:1883     listen on every IPv4 and IPv6 address
+  sagitta broker -c sagitta.toml                  settings from a file (see sagitta.example.toml)
+  sagitta broker -c sagitta.toml --check-config   check the file and exit
+  RUST_LOG=debug sagitta broker                   more logging
+
+Exit codes: 0 after a clean shutdown (Ctrl-C or SIGTERM), 1 if the broker cannot start
+(e.g. the address is in use), 2 for a bad configuration.")]
 struct BrokerArgs {
     /// Address to listen on for MQTT over TCP (repeatable). Default 127.0.0.1:1883.
     #[arg(short, long = "listen", value_name = "ADDR")]
@@ -38,6 +47,9 @@ struct BrokerArgs {
     /// TOML configuration file.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Check the configuration (file and flags) and exit: 0 if valid, 2 if not.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +96,18 @@ async fn run_broker(args: BrokerArgs) -> ExitCode {
     };
     if !args.listen.is_empty() {
         config.listen = args.listen;
+    }
+    if args.check_config {
+        return match config.validate() {
+            Ok(()) => {
+                println!("configuration ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sagitta: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     let broker = match Broker::start(config).await {
         Ok(b) => b,

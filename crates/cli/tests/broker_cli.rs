@@ -143,3 +143,35 @@ fn config_file_sets_the_listen_address() {
     drop(stream);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn check_config_validates_and_exits() {
+    let dir = std::env::temp_dir().join(format!("sagitta-cli-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "max_inflight = 10\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sagitta"))
+        .args(["broker", "--check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration ok"));
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "maximum_qos = 3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sagitta"))
+        .args(["broker", "--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("maximum_qos"));
+    // The example file shipped with the project is valid.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_sagitta"))
+        .args(["broker", "--check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
