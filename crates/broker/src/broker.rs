@@ -35,6 +35,9 @@ pub enum BrokerError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The password file cannot be read or has a bad line (the error names file and line).
+    #[error(transparent)]
+    PasswordFile(#[from] crate::password::PasswordFileError),
 }
 
 /// State shared by every task of one broker.
@@ -125,19 +128,29 @@ impl Shared {
 /// Builds a broker with non-default parts.
 pub struct BrokerBuilder {
     config: Config,
-    auth: Box<dyn Authenticator>,
+    /// `None`: decided by the configuration (password file or allow all).
+    auth: Option<Box<dyn Authenticator>>,
 }
 
 impl BrokerBuilder {
-    /// Uses `auth` to decide who may connect.
+    /// Uses `auth` to decide who may connect (instead of `password_file` and
+    /// `allow_anonymous` from the configuration).
     pub fn authenticator(mut self, auth: impl Authenticator) -> Self {
-        self.auth = Box::new(auth);
+        self.auth = Some(Box::new(auth));
         self
     }
 
     /// Binds the listeners and starts serving.
     pub async fn start(self) -> Result<Broker, BrokerError> {
         self.config.validate()?;
+        let auth: Box<dyn Authenticator> = match (self.auth, &self.config.password_file) {
+            (Some(auth), _) => auth,
+            (None, Some(path)) => Box::new(
+                crate::password::PasswordFile::load(path)?
+                    .allow_anonymous(self.config.anonymous_allowed()),
+            ),
+            (None, None) => Box::new(AllowAll),
+        };
         let mut listeners = Vec::new();
         for addr in &self.config.listen {
             let listener = TcpListener::bind(addr)
@@ -148,7 +161,7 @@ impl BrokerBuilder {
                 })?;
             listeners.push(listener);
         }
-        Ok(Broker::serve(self.config, self.auth, listeners))
+        Ok(Broker::serve(self.config, auth, listeners))
     }
 }
 
@@ -202,10 +215,7 @@ impl Broker {
 
     /// A builder for a broker with `config` and non-default parts.
     pub fn builder(config: Config) -> BrokerBuilder {
-        BrokerBuilder {
-            config,
-            auth: Box::new(AllowAll),
-        }
+        BrokerBuilder { config, auth: None }
     }
 
     fn serve(config: Config, auth: Box<dyn Authenticator>, listeners: Vec<TcpListener>) -> Broker {

@@ -2,7 +2,7 @@
 //! [`Config::validate`].
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -72,6 +72,15 @@ pub struct Config {
     pub allow_zero_length_client_id: bool,
     /// Seconds between `$SYS/broker/...` updates; 0 turns them off. Default 10.
     pub sys_interval: u64,
+    /// Mosquitto-compatible password file (`username:$7$...` lines, made by `sagitta passwd`
+    /// or `mosquitto_passwd`), read when the broker starts. When set, clients must present
+    /// a username and its password. Ignored when the broker is given its own authenticator
+    /// (`BrokerBuilder::authenticator`). Absent by default: no password check.
+    pub password_file: Option<PathBuf>,
+    /// Whether clients without a username may connect. Absent (the default) means: allowed
+    /// when there is no `password_file`, refused when there is one. `false` without a
+    /// `password_file` is an error.
+    pub allow_anonymous: Option<bool>,
 }
 
 impl Default for Config {
@@ -92,6 +101,8 @@ impl Default for Config {
             retain_available: true,
             allow_zero_length_client_id: true,
             sys_interval: 10,
+            password_file: None,
+            allow_anonymous: None,
         }
     }
 }
@@ -142,6 +153,12 @@ impl Config {
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
         }
+        if self.allow_anonymous == Some(false) && self.password_file.is_none() {
+            return invalid(
+                "allow_anonymous",
+                "`false` needs a `password_file` (without one no client can be identified)",
+            );
+        }
         if self.connect_timeout == 0 {
             return invalid("connect_timeout", "must be at least 1 second");
         }
@@ -152,6 +169,12 @@ impl Config {
     pub fn listen(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.listen = addrs.into_iter().collect();
         self
+    }
+
+    /// Whether clients without a username may connect: `allow_anonymous`, or by default
+    /// true without a password file and false with one.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
@@ -177,6 +200,21 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
         let example = Config::from_file(Path::new(path)).unwrap();
         assert_eq!(format!("{example:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn password_file_and_anonymous() {
+        let c = Config::default();
+        assert!(c.password_file.is_none() && c.anonymous_allowed());
+        let c = Config::from_toml("password_file = \"/etc/sagitta/passwd\"").unwrap();
+        assert_eq!(c.password_file, Some(PathBuf::from("/etc/sagitta/passwd")));
+        assert!(!c.anonymous_allowed());
+        let c = Config::from_toml("password_file = \"p\"\nallow_anonymous = true").unwrap();
+        assert!(c.anonymous_allowed());
+        let e = Config::from_toml("allow_anonymous = false")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("allow_anonymous"), "{e}");
     }
 
     #[test]

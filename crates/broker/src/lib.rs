@@ -18,6 +18,7 @@
 //! - [`message`]: the shared message type.
 //! - [`config`]: typed TOML configuration with defaults and validation.
 //! - [`auth`]: the [`Authenticator`] trait authentication plugs into.
+//! - [`password`]: [`PasswordFile`], Mosquitto-compatible password-file authentication.
 //! - [`metrics`]: broker-wide counters.
 //!
 //! The publish path: a connection task decodes a PUBLISH, matches it against the router under a
@@ -32,6 +33,7 @@ pub mod config;
 mod connection;
 pub mod message;
 pub mod metrics;
+pub mod password;
 mod retain;
 mod router;
 mod session;
@@ -41,3 +43,4 @@ pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use config::{Config, ConfigError};
 pub use message::Message;
 pub use metrics::Metrics;
+pub use password::{PasswordFile, PasswordFileError, PasswordHash};

@@ -9,6 +9,7 @@ use sagitta_broker::{Broker, Config};
 use tracing_subscriber::EnvFilter;
 
 mod bench;
+mod passwd;
 mod pubsub;
 
 #[derive(Parser)]
@@ -28,6 +29,8 @@ enum Command {
     Pub(pubsub::PubArgs),
     /// Subscribe and print messages (like mosquitto_sub).
     Sub(pubsub::SubArgs),
+    /// Manage a password file for `password_file` (like mosquitto_passwd).
+    Passwd(passwd::PasswdArgs),
 }
 
 #[derive(clap::Args)]
@@ -56,7 +59,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // pub and sub keep stderr for their own one-line errors.
     let default_log = match cli.command {
-        Command::Pub(_) | Command::Sub(_) => "error",
+        Command::Pub(_) | Command::Sub(_) | Command::Passwd(_) => "error",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Pub(args) => runtime.block_on(pubsub::run_pub(args)),
         Command::Sub(args) => runtime.block_on(pubsub::run_sub(args)),
+        Command::Passwd(args) => passwd::run(args),
     }
 }
 
