@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 mod bench;
 mod passwd;
 mod pubsub;
+mod signal;
 
 #[derive(Parser)]
 #[command(name = "sagitta", version, about = "Sagitta MQTT broker and tools")]
@@ -122,31 +123,10 @@ async fn run_broker(args: BrokerArgs) -> ExitCode {
     };
     let handle = broker.handle();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal::interrupted().await;
         tracing::info!("shutting down");
         handle.shutdown();
     });
     broker.wait().await;
     ExitCode::SUCCESS
-}
-
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    let int = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = int => {}
-    }
 }

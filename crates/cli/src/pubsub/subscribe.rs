@@ -186,7 +186,7 @@ async fn subscribe(args: SubArgs) -> Result<(), Failure> {
     let session = async {
         tokio::select! {
             result = run(&client, plan, &mut printed) => result,
-            () = common::interrupted() => Ok(()),
+            () = crate::signal::interrupted() => Ok(()),
         }
     };
     let result = match deadline {
