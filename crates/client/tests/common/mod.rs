@@ -220,23 +220,35 @@ impl Mosquitto {
     /// Starts Mosquitto with the config lines `extra` returns; it gets the directory for the
     /// test's files (password file, ACL file).
     pub fn with_config(extra: impl FnOnce(&Path) -> String) -> Self {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("sagitta-client-test-{}-{port}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "sagitta-client-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir).expect("create test dir");
-        let config = format!(
-            "listener {port} 127.0.0.1\npersistence false\nuser root\n\
-             log_dest stderr\nlog_type all\n{}",
-            extra(&dir)
-        );
-        std::fs::write(dir.join("mosquitto.conf"), config).expect("write config");
-        let mut m = Self {
-            port,
-            dir,
-            child: None,
-        };
-        m.start_again();
-        m
+        let extra = extra(&dir);
+        // A port found free can be taken by a parallel test before Mosquitto binds it: retry
+        // with another port when that happens.
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let config = format!(
+                "listener {port} 127.0.0.1\npersistence false\nuser root\n\
+                 log_dest stderr\nlog_type all\n{extra}"
+            );
+            std::fs::write(dir.join("mosquitto.conf"), config).expect("write config");
+            let mut m = Self {
+                port,
+                dir: dir.clone(),
+                child: None,
+            };
+            match m.try_start() {
+                Ok(()) => return m,
+                Err(why) if why.contains("Address already in use") => last_error = why,
+                Err(why) => panic!("{why}"),
+            }
+        }
+        panic!("no free port for mosquitto: {last_error}");
     }
 
     /// `host:port` of the broker.
@@ -259,7 +271,14 @@ impl Mosquitto {
 
     /// (Re)starts the broker on the same port and waits until it accepts connections.
     pub fn start_again(&mut self) {
+        if let Err(why) = self.try_start() {
+            panic!("{why}");
+        }
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
         self.kill();
+        let runs_before = self.log().matches(" running").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -276,18 +295,27 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = Instant::now() + WAIT;
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            // Ready when this Mosquitto says it runs and the port answers. The log check
+            // matters: tests run in parallel, and another test's listener may hold a port
+            // that was free a moment ago (Mosquitto then exits: "Address already in use").
+            if self.log().matches(" running").count() > runs_before
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return Ok(());
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("mosquitto exited with {status}; log: {}", self.log());
+                return Err(format!(
+                    "mosquitto exited with {status}; log: {}",
+                    self.log()
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not accept connections on port {}; log: {}",
-                self.port,
-                self.log()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "mosquitto did not accept connections on port {}; log: {}",
+                    self.port,
+                    self.log()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
