@@ -30,8 +30,10 @@ use crate::metrics::Metrics;
 use crate::router::Target;
 use crate::session::{NEVER_EXPIRES, SessionEntry, SessionState};
 
-/// Bytes reserved for each socket read.
-const READ_CHUNK: usize = 2048;
+/// Bytes reserved for a socket read at first; an idle connection keeps no more than this.
+const READ_MIN: usize = 256;
+/// Largest reservation for one read, reached by doubling while reads fill the buffer.
+const READ_MAX: usize = 64 * 1024;
 /// Stop encoding queued messages once this much output is pending, to go back to reading.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Messages taken from the mailbox per lock.
@@ -65,6 +67,7 @@ where
             stream,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
+            read_chunk: READ_MIN,
             bytes_in: 0,
             bytes_out: 0,
         };
@@ -82,16 +85,30 @@ struct Io<S> {
     stream: S,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// How much to reserve for the next read: grows while reads fill it, shrinks when idle.
+    read_chunk: usize,
     bytes_in: u64,
     bytes_out: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     async fn read(&mut self) -> std::io::Result<usize> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
-            self.rbuf.reserve(READ_CHUNK);
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * self.read_chunk {
+            // Give back a large buffer once it is drained, so idle connections stay small.
+            self.rbuf = BytesMut::new();
         }
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 2 {
+            self.rbuf.reserve(self.read_chunk);
+        }
+        let spare = self.rbuf.capacity() - self.rbuf.len();
         let n = self.stream.read_buf(&mut self.rbuf).await?;
+        self.read_chunk = if n == spare {
+            (self.read_chunk * 2).min(READ_MAX)
+        } else if n < self.read_chunk / 4 {
+            (self.read_chunk / 2).max(READ_MIN)
+        } else {
+            self.read_chunk
+        };
         self.bytes_in += n as u64;
         Ok(n)
     }
