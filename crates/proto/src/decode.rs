@@ -16,7 +16,7 @@ use crate::properties::{
     PublishProperties, SubscribeProperties, UnsubscribeProperties, WillProperties,
 };
 use crate::reason::{PacketKind, ReasonCode};
-use crate::topic::{TopicFilter, TopicName};
+use crate::topic::{TopicError, TopicFilter, TopicName};
 use crate::types::{PacketId, PacketType, ProtocolVersion, QoS};
 use crate::wire::{Reader, VarInt, read_var_int};
 
@@ -110,7 +110,66 @@ pub fn decode(
     }
     let mut frame = buf.split_to(header.packet_len()).freeze();
     frame.advance(header.header_len);
+    if header.packet_type == PacketType::Publish {
+        // The hot path of every connection, kept out of `decode_body`'s match so that the
+        // packet is built in place.
+        return decode_publish(frame, header.flags, version.is_v5())
+            .map(|p| Some(Packet::Publish(p)));
+    }
     decode_body(&header, frame, version).map(Some)
+}
+
+/// Decodes a PUBLISH body (fixed header checked by [`parse_header`]). The topic and the
+/// payload are two slices of the body, read without an intermediate [`Reader`].
+#[inline(always)]
+fn decode_publish(mut frame: Bytes, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
+    let truncated = DecodeError::Truncated {
+        packet: PacketType::Publish,
+    };
+    let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
+    let &[hi, lo, ..] = &frame[..] else {
+        return Err(truncated);
+    };
+    let topic_end = 2 + usize::from(u16::from_be_bytes([hi, lo]));
+    if frame.len() < topic_end {
+        return Err(truncated);
+    }
+    let topic = TopicName::from_received(frame.slice(2..topic_end), v5).map_err(|e| match e {
+        TopicError::String(source) => DecodeError::InvalidString {
+            packet: PacketType::Publish,
+            source,
+        },
+        e => DecodeError::InvalidTopicName(e),
+    })?;
+    let id_end = topic_end + if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let packet_id = match frame.get(topic_end..id_end) {
+        Some(&[hi, lo]) => Some(PacketId::new(u16::from_be_bytes([hi, lo])).ok_or(
+            DecodeError::ZeroPacketId {
+                packet: PacketType::Publish,
+            },
+        )?),
+        Some(_) => None,
+        None => return Err(truncated),
+    };
+    frame.advance(id_end);
+    let (properties, payload) = if v5 {
+        let mut r = Reader::new(frame, PacketType::Publish);
+        (PublishProperties::decode(&mut r)?, r.rest())
+    } else {
+        (PublishProperties::default(), frame)
+    };
+    if topic.is_empty() && properties.topic_alias.is_none() {
+        return Err(DecodeError::EmptyTopicWithoutAlias);
+    }
+    Ok(Publish {
+        dup: flags & 0b1000 != 0,
+        qos,
+        retain: flags & 0b0001 != 0,
+        topic,
+        packet_id,
+        payload,
+        properties,
+    })
 }
 
 /// Decodes a packet body whose fixed header has been checked by [`parse_header`].
@@ -124,7 +183,9 @@ pub fn decode_body(
     let packet = match header.packet_type {
         PacketType::Connect => return decode_connect(&mut r).map(|c| Packet::Connect(Box::new(c))),
         PacketType::ConnAck => Packet::ConnAck(decode_connack(&mut r, v5)?),
-        PacketType::Publish => Packet::Publish(decode_publish(&mut r, header.flags, v5)?),
+        PacketType::Publish => {
+            return decode_publish(r.rest(), header.flags, v5).map(Packet::Publish);
+        }
         PacketType::PubAck => Packet::PubAck(decode_pub_response(&mut r, v5, PacketKind::PubAck)?),
         PacketType::PubRec => Packet::PubRec(decode_pub_response(&mut r, v5, PacketKind::PubRec)?),
         PacketType::PubRel => Packet::PubRel(decode_pub_response(&mut r, v5, PacketKind::PubRel)?),
@@ -262,34 +323,6 @@ fn decode_connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
         session_present: flags & 0x01 != 0,
         reason,
         properties: Box::new(properties),
-    })
-}
-
-fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
-    // QoS 3 and DUP on QoS 0 were rejected by parse_header.
-    let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
-    let topic = TopicName::from_mqtt_str(r.string()?, v5).map_err(DecodeError::InvalidTopicName)?;
-    let packet_id = if qos == QoS::AtMostOnce {
-        None
-    } else {
-        Some(packet_id(r)?)
-    };
-    let properties = if v5 {
-        PublishProperties::decode(r)?
-    } else {
-        PublishProperties::default()
-    };
-    if topic.is_empty() && properties.topic_alias.is_none() {
-        return Err(DecodeError::EmptyTopicWithoutAlias);
-    }
-    Ok(Publish {
-        dup: flags & 0b1000 != 0,
-        qos,
-        retain: flags & 0b0001 != 0,
-        topic,
-        packet_id,
-        payload: r.rest(),
-        properties,
     })
 }
 

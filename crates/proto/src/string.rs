@@ -51,6 +51,20 @@ impl MqttStr {
         Ok(Self(s))
     }
 
+    /// Validates raw bytes as UTF-8 of at most 65 535 bytes, leaving the check for U+0000 to
+    /// the caller (a topic name checks it together with the wildcards, in one pass).
+    pub(crate) fn from_bytes_utf8(bytes: Bytes) -> Result<ByteString, StringError> {
+        if bytes.len() > MAX_STRING_LEN {
+            return Err(StringError::TooLong(bytes.len()));
+        }
+        ByteString::try_from(bytes).map_err(|_| StringError::InvalidUtf8)
+    }
+
+    /// Wraps a string whose checks the caller has made.
+    pub(crate) fn from_checked(s: ByteString) -> Self {
+        Self(s)
+    }
+
     /// A string from a `'static` literal, checked like [`MqttStr::new`].
     pub fn from_static(s: &'static str) -> Result<Self, StringError> {
         Self::new(ByteString::from_static(s))
@@ -91,21 +105,30 @@ fn check(s: &str) -> Result<(), StringError> {
 /// and topics are short, and this is on the decode path of every PUBLISH.
 #[inline]
 pub(crate) fn contains_any(bytes: &[u8], x: u8, y: u8) -> bool {
+    contains_any3(bytes, x, y, y)
+}
+
+/// True if any byte of `bytes` equals `x`, `y` or `z`, eight bytes per step.
+#[inline]
+pub(crate) fn contains_any3(bytes: &[u8], x: u8, y: u8, z: u8) -> bool {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
-    let (mx, my) = (LO * u64::from(x), LO * u64::from(y));
+    let (mx, my, mz) = (LO * u64::from(x), LO * u64::from(y), LO * u64::from(z));
     // A byte of `v` is zero iff the classic "haszero" expression has its high bit set.
-    let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI != 0;
+    let zero_bytes = |v: u64| v.wrapping_sub(LO) & !v & HI;
     let mut chunks = bytes.chunks_exact(8);
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         let v = u64::from_ne_bytes(word);
-        if has_zero(v ^ mx) || has_zero(v ^ my) {
+        if zero_bytes(v ^ mx) | zero_bytes(v ^ my) | zero_bytes(v ^ mz) != 0 {
             return true;
         }
     }
-    chunks.remainder().iter().any(|&c| c == x || c == y)
+    chunks
+        .remainder()
+        .iter()
+        .any(|&c| c == x || c == y || c == z)
 }
 
 impl Deref for MqttStr {

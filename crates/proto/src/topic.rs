@@ -53,6 +53,21 @@ impl TopicName {
         Ok(Self(s))
     }
 
+    /// Validates the raw bytes of a received topic name, with one pass over them for U+0000
+    /// and the wildcards. Errors of the string itself come back as [`TopicError::String`].
+    pub(crate) fn from_received(bytes: Bytes, allow_empty: bool) -> Result<Self, TopicError> {
+        let s = MqttStr::from_bytes_utf8(bytes)?;
+        if s.is_empty() && !allow_empty {
+            return Err(TopicError::Empty);
+        }
+        if crate::string::contains_any3(s.as_bytes(), 0, b'+', b'#') {
+            // Rare: find out which.
+            MqttStr::new(s.clone())?;
+            return Err(TopicError::WildcardInName);
+        }
+        Ok(Self(MqttStr::from_checked(s)))
+    }
+
     /// The empty topic name, only valid in an MQTT 5 PUBLISH that carries a Topic Alias.
     pub const fn empty() -> Self {
         Self(MqttStr::empty())
