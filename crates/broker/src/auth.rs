@@ -1,17 +1,23 @@
-//! Where authentication plugs in. The broker asks an [`Authenticator`] about every CONNECT;
-//! the default, [`AllowAll`], lets every client in (the security issue adds password files,
-//! certificates and ACLs behind the same trait).
+//! Where authentication plugs in. Each listener decides about every CONNECT with its own
+//! settings (`allow_anonymous`, `password_file`, `use_identity_as_username`), or a broker
+//! built with `BrokerBuilder::authenticator` asks that [`Authenticator`] for every listener;
+//! [`ConnectInfo`] tells it which listener and which client certificate the client came
+//! with.
 
 use std::net::SocketAddr;
 
 use sagitta_proto::{ProtocolVersion, ReasonCode};
+
+use crate::listener::ListenerInfo;
+use crate::tls::ClientCertificate;
 
 /// What a client presented in CONNECT.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectInfo<'a> {
     /// Client identifier (after assignment for an empty one).
     pub client_id: &'a str,
-    /// User Name, if any.
+    /// User Name, if any. On a listener with `use_identity_as_username`, the client
+    /// certificate's identity instead (the CONNECT's username and password are ignored).
     pub username: Option<&'a str>,
     /// Password, if any.
     pub password: Option<&'a [u8]>,
@@ -19,6 +25,10 @@ pub struct ConnectInfo<'a> {
     pub peer: SocketAddr,
     /// Protocol version.
     pub protocol: ProtocolVersion,
+    /// The listener the client connected through.
+    pub listener: &'a ListenerInfo,
+    /// The client's certificate, verified against the listener's `client_ca` (mTLS).
+    pub certificate: Option<&'a ClientCertificate>,
 }
 
 /// Decides whether a client may connect.

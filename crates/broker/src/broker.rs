@@ -11,15 +11,17 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::auth::{AllowAll, Authenticator};
-use crate::config::{Config, ConfigError};
+use crate::auth::Authenticator;
+use crate::config::{Config, ConfigError, ListenerKind};
+use crate::listener::{Listener, ListenerInfo, Prepared};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::retain::RetainStore;
 use crate::router::{Router, Target};
 use crate::session::{Enqueued, SessionEntry, SessionState, Sessions};
+use crate::tls::{TlsError, TlsState};
 
 /// Why the broker cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,10 @@ pub enum BrokerError {
     /// The password file cannot be read or has a bad line (the error names file and line).
     #[error(transparent)]
     PasswordFile(#[from] crate::password::PasswordFileError),
+    /// A TLS listener's certificate, key or client CA file cannot be used (the error names
+    /// the file).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// State shared by every task of one broker.
@@ -47,7 +53,6 @@ pub(crate) struct Shared {
     pub retained: RetainStore,
     pub sessions: Sessions,
     pub metrics: Metrics,
-    pub auth: Box<dyn Authenticator>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub started: Instant,
@@ -140,28 +145,27 @@ impl BrokerBuilder {
         self
     }
 
-    /// Binds the listeners and starts serving.
+    /// Reads every file the listeners need (password files, TLS certificates, keys and
+    /// CAs), binds the listeners and starts serving.
     pub async fn start(self) -> Result<Broker, BrokerError> {
-        self.config.validate()?;
-        let auth: Box<dyn Authenticator> = match (self.auth, &self.config.password_file) {
-            (Some(auth), _) => auth,
-            (None, Some(path)) => Box::new(
-                crate::password::PasswordFile::load(path)?
-                    .allow_anonymous(self.config.anonymous_allowed()),
-            ),
-            (None, None) => Box::new(AllowAll),
-        };
-        let mut listeners = Vec::new();
-        for addr in &self.config.listen {
-            let listener = TcpListener::bind(addr)
+        let custom: Option<Arc<dyn Authenticator>> = self.auth.map(Arc::from);
+        if custom.is_some() {
+            self.config.validate_with_authenticator()?;
+        } else {
+            self.config.validate()?;
+        }
+        let prepared = crate::listener::prepare(&self.config, custom)?;
+        let mut bound = Vec::new();
+        for p in prepared {
+            let socket = TcpListener::bind(p.bind)
                 .await
                 .map_err(|source| BrokerError::Bind {
-                    addr: addr.to_string(),
+                    addr: p.bind.to_string(),
                     source,
                 })?;
-            listeners.push(listener);
+            bound.push((socket, p));
         }
-        Ok(Broker::serve(self.config, auth, listeners))
+        Ok(Broker::serve(self.config, bound))
     }
 }
 
@@ -176,18 +180,39 @@ impl BrokerBuilder {
 pub struct Broker {
     shared: Arc<Shared>,
     local_addrs: Vec<SocketAddr>,
+    listeners: Vec<ListenerInfo>,
+    tls: Arc<[Arc<TlsState>]>,
 }
 
-/// A cheap handle that can stop the broker from anywhere.
+/// A cheap handle that can stop the broker, or reload its TLS certificates, from anywhere.
 #[derive(Clone)]
 pub struct BrokerHandle {
     shutdown: CancellationToken,
+    tls: Arc<[Arc<TlsState>]>,
 }
 
 impl BrokerHandle {
     /// Starts a clean shutdown: listeners close, 5.0 clients get DISCONNECT 0x8B.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+    }
+
+    /// Reads every TLS listener's certificate chain, key and client CA bundle again and
+    /// uses them for new handshakes; established connections are not touched. All or
+    /// nothing: if any file cannot be used, every listener keeps its current configuration
+    /// and the error (naming the file) is returned. Returns the number of TLS listeners
+    /// reloaded. `sagitta broker` calls this on SIGHUP.
+    pub fn reload_tls(&self) -> Result<usize, TlsError> {
+        let fresh = self
+            .tls
+            .iter()
+            .map(|state| state.prepare())
+            .collect::<Result<Vec<_>, _>>()?;
+        for (state, config) in self.tls.iter().zip(fresh) {
+            state.install(config);
+            info!(cert = %state.files().cert.display(), "TLS certificate reloaded");
+        }
+        Ok(self.tls.len())
     }
 }
 
@@ -201,11 +226,31 @@ impl Broker {
                 addr: "requested address".into(),
                 source,
             })?;
-        let mut config = Config::default();
-        if let Ok(a) = listener.local_addr() {
-            config.listen = vec![a];
-        }
-        Ok(Self::serve(config, Box::new(AllowAll), vec![listener]))
+        let local = listener.local_addr().map_err(|source| BrokerError::Bind {
+            addr: "requested address".into(),
+            source,
+        })?;
+        let config = Config::default().listen([local]);
+        let shared = Self::shared(config);
+        let info = Listener::open_tcp(local);
+        let mut broker = Broker {
+            shared,
+            local_addrs: Vec::new(),
+            listeners: Vec::new(),
+            tls: Arc::from(Vec::new()),
+        };
+        let limit = Arc::new(Semaphore::new(broker.shared.config.max_connections));
+        broker.run_listener(listener, Arc::new(info), None, &limit);
+        broker.start_sys();
+        Ok(broker)
+    }
+
+    /// Checks `config` as [`Broker::start`] would, without binding: validates it and reads
+    /// every password file and TLS certificate, key and CA file.
+    pub fn check_config(config: &Config) -> Result<(), BrokerError> {
+        config.validate()?;
+        crate::listener::prepare(config, None)?;
+        Ok(())
     }
 
     /// Starts a broker with `config`.
@@ -218,48 +263,90 @@ impl Broker {
         BrokerBuilder { config, auth: None }
     }
 
-    fn serve(config: Config, auth: Box<dyn Authenticator>, listeners: Vec<TcpListener>) -> Broker {
-        let shared = Arc::new(Shared {
+    fn shared(config: Config) -> Arc<Shared> {
+        Arc::new(Shared {
             config,
             router: Router::default(),
             retained: RetainStore::default(),
             sessions: Sessions::default(),
             metrics: Metrics::default(),
-            auth,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started: Instant::now(),
             next_conn_id: AtomicU64::new(1),
-        });
-        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
-        let mut local_addrs = Vec::new();
-        for listener in listeners {
-            if let Ok(addr) = listener.local_addr() {
-                info!(%addr, "listening (mqtt over tcp)");
-                local_addrs.push(addr);
+        })
+    }
+
+    fn serve(config: Config, bound: Vec<(TcpListener, Prepared)>) -> Broker {
+        let mut broker = Broker {
+            shared: Self::shared(config),
+            local_addrs: Vec::new(),
+            listeners: Vec::new(),
+            tls: Arc::from(Vec::new()),
+        };
+        let limit = Arc::new(Semaphore::new(broker.shared.config.max_connections));
+        let mut tls_states = Vec::new();
+        for (socket, prepared) in bound {
+            let local = socket.local_addr().unwrap_or(prepared.bind);
+            let tls = prepared.tls.clone();
+            if let Some(state) = &tls {
+                tls_states.push(state.clone());
             }
-            shared
-                .tracker
-                .spawn(accept_loop(shared.clone(), listener, limit.clone()));
+            let listener = Arc::new(prepared.into_listener(local));
+            broker.run_listener(socket, listener, tls, &limit);
         }
-        if shared.config.sys_interval > 0 {
-            shared.tracker.spawn(sys_loop(shared.clone()));
-        }
-        Broker {
-            shared,
-            local_addrs,
+        broker.tls = Arc::from(tls_states);
+        broker.start_sys();
+        broker
+    }
+
+    fn run_listener(
+        &mut self,
+        socket: TcpListener,
+        listener: Arc<Listener>,
+        tls: Option<Arc<TlsState>>,
+        limit: &Arc<Semaphore>,
+    ) {
+        let info = &listener.info;
+        let transport = match (info.kind, info.verifies_client_certificates) {
+            (ListenerKind::Tcp, _) => "mqtt over tcp",
+            (ListenerKind::Tls, false) => "mqtt over tls",
+            (ListenerKind::Tls, true) => "mqtt over tls, client certificates verified",
+        };
+        info!(addr = %info.local_addr, name = %info.name, anonymous = info.allow_anonymous, "listening ({transport})");
+        self.local_addrs.push(info.local_addr);
+        self.listeners.push(info.clone());
+        self.shared.tracker.spawn(crate::listener::accept_loop(
+            self.shared.clone(),
+            socket,
+            listener,
+            tls,
+            limit.clone(),
+        ));
+    }
+
+    fn start_sys(&self) {
+        if self.shared.config.sys_interval > 0 {
+            self.shared.tracker.spawn(sys_loop(self.shared.clone()));
         }
     }
 
-    /// The addresses the listeners are bound to.
+    /// The addresses the listeners are bound to: `listen` addresses first, then the
+    /// `[[listener]]` tables, in configuration order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
     }
 
-    /// A handle to stop the broker.
+    /// The listeners, in the order of [`Broker::local_addrs`].
+    pub fn listeners(&self) -> &[ListenerInfo] {
+        &self.listeners
+    }
+
+    /// A handle to stop the broker or reload its TLS certificates.
     pub fn handle(&self) -> BrokerHandle {
         BrokerHandle {
             shutdown: self.shared.shutdown.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -287,36 +374,6 @@ impl Broker {
     pub async fn shutdown(self) {
         self.shared.shutdown.cancel();
         self.wait().await;
-    }
-}
-
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, limit: Arc<Semaphore>) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(%peer, max = shared.config.max_connections, "connection limit reached, refusing");
-            continue;
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(%peer, error = %e, "cannot set TCP_NODELAY");
-        }
-        let conn_shared = shared.clone();
-        shared.tracker.spawn(async move {
-            crate::connection::serve(conn_shared, stream, peer).await;
-            drop(permit);
-        });
     }
 }
 

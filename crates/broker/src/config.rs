@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::tls::TlsFiles;
+
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -29,14 +31,188 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A `[[listener]]` table is inconsistent.
+    #[error("`[[listener]]` #{index} (bind = {bind}): `{key}`: {message}")]
+    Listener {
+        /// Its position among the `[[listener]]` tables, from 1.
+        index: usize,
+        /// Its `bind` address.
+        bind: SocketAddr,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The transport of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// MQTT over plain TCP.
+    Tcp,
+    /// MQTT over TLS 1.2 / 1.3 (rustls).
+    Tls,
+}
+
+impl std::fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+        })
+    }
+}
+
+/// One `[[listener]]` table: a typed listener with its own authentication settings.
+///
+/// Anonymous clients (no username, or with `use_identity_as_username` no certificate
+/// identity) are refused unless `allow_anonymous` here, or else the global
+/// `allow_anonymous`, is true. `password_file` here, or else the global one, checks
+/// usernames and passwords.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `tcp` or `tls`.
+    #[serde(rename = "type")]
+    pub kind: ListenerKind,
+    /// Address and port to listen on.
+    pub bind: SocketAddr,
+    /// Name in logs and for authenticators. Default: `<type>://<address>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// TLS: PEM certificate chain, the server's certificate first. Required for `tls`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// TLS: PEM private key (PKCS#8, PKCS#1 or SEC1). Required for `tls`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// TLS: PEM bundle of CAs; clients must present a certificate that chains to one of
+    /// them (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// TLS with `client_ca`: whether a client certificate is required. Default true;
+    /// `false` verifies a certificate only if the client presents one.
+    #[serde(default)]
+    pub require_client_cert: Option<bool>,
+    /// TLS with `client_ca`: the client certificate's common name (else its first DNS
+    /// name) becomes the username; the username and password in CONNECT are ignored and
+    /// no password file is consulted. Default false.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+    /// Whether anonymous clients may connect here. Absent: the global `allow_anonymous`,
+    /// else false.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+    /// Password file for this listener. Absent: the global `password_file`, if any.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener on `bind`.
+    pub fn tcp(bind: SocketAddr) -> Self {
+        Self {
+            kind: ListenerKind::Tcp,
+            bind,
+            name: None,
+            cert: None,
+            key: None,
+            client_ca: None,
+            require_client_cert: None,
+            use_identity_as_username: false,
+            allow_anonymous: None,
+            password_file: None,
+        }
+    }
+
+    /// A TLS listener on `bind` with a PEM certificate chain and key.
+    pub fn tls(bind: SocketAddr, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            kind: ListenerKind::Tls,
+            cert: Some(cert.into()),
+            key: Some(key.into()),
+            ..Self::tcp(bind)
+        }
+    }
+
+    /// Verifies client certificates against a PEM CA bundle (builder style).
+    pub fn client_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.client_ca = Some(path.into());
+        self
+    }
+
+    /// Sets `allow_anonymous` (builder style).
+    pub fn allow_anonymous(mut self, allow: bool) -> Self {
+        self.allow_anonymous = Some(allow);
+        self
+    }
+
+    /// Sets the password file (builder style).
+    pub fn password_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.password_file = Some(path.into());
+        self
+    }
+
+    /// Sets `use_identity_as_username` (builder style).
+    pub fn use_identity_as_username(mut self, on: bool) -> Self {
+        self.use_identity_as_username = on;
+        self
+    }
+
+    /// Sets `require_client_cert` (builder style).
+    pub fn require_client_cert(mut self, on: bool) -> Self {
+        self.require_client_cert = Some(on);
+        self
+    }
+
+    /// Sets the name (builder style).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The TLS files, for a `tls` listener with `cert` and `key`.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        match (self.kind, &self.cert, &self.key) {
+            (ListenerKind::Tls, Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+                require_client_cert: self.require_client_cert.unwrap_or(true),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A listener as the broker runs it: a `listen` address or a `[[listener]]` table with the
+/// global defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EffectiveListener {
+    pub kind: ListenerKind,
+    pub bind: SocketAddr,
+    pub name: Option<String>,
+    pub tls: Option<TlsFiles>,
+    pub allow_anonymous: bool,
+    /// Not set with `use_identity_as_username`.
+    pub password_file: Option<PathBuf>,
+    pub use_identity_as_username: bool,
 }
 
 /// Broker settings. Every field has a default; see `sagitta.example.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// TCP addresses to listen on. Default: `127.0.0.1:1883`.
+    /// Plain TCP addresses to listen on, with the global `password_file` and
+    /// `allow_anonymous`. Empty by default; when both this and `listeners` are empty the
+    /// broker listens on `127.0.0.1:1883`.
     pub listen: Vec<SocketAddr>,
+    /// Typed listeners (`[[listener]]` tables in TOML): TCP or TLS, each with its own
+    /// authentication settings. Unlike `listen`, they refuse anonymous clients unless
+    /// `allow_anonymous` is true (on the table or globally).
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
     /// Largest packet accepted from a client, in bytes (fixed header included). Default 1 MiB.
     pub max_packet_size: u32,
     /// Seconds a new connection has to send CONNECT. Default 10.
@@ -77,16 +253,18 @@ pub struct Config {
     /// a username and its password. Ignored when the broker is given its own authenticator
     /// (`BrokerBuilder::authenticator`). Absent by default: no password check.
     pub password_file: Option<PathBuf>,
-    /// Whether clients without a username may connect. Absent (the default) means: allowed
-    /// when there is no `password_file`, refused when there is one. `false` without a
-    /// `password_file` is an error.
+    /// Whether clients without a username may connect. Absent (the default) means, for
+    /// `listen` addresses: allowed when there is no `password_file`, refused when there is
+    /// one (`false` without a `password_file` is then an error); for `[[listener]]` tables:
+    /// refused unless the table says otherwise.
     pub allow_anonymous: Option<bool>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            listen: Vec::new(),
+            listeners: Vec::new(),
             max_packet_size: 1024 * 1024,
             connect_timeout: 10,
             max_connections: 100_000,
@@ -135,9 +313,6 @@ impl Config {
                 message: message.to_owned(),
             })
         };
-        if self.listen.is_empty() {
-            return invalid("listen", "at least one address is needed");
-        }
         if self.max_packet_size < 64 || self.max_packet_size > 268_435_460 {
             return invalid("max_packet_size", "must be between 64 and 268435460 bytes");
         }
@@ -153,7 +328,10 @@ impl Config {
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
         }
-        if self.allow_anonymous == Some(false) && self.password_file.is_none() {
+        if self.allow_anonymous == Some(false)
+            && self.password_file.is_none()
+            && !self.listen_addrs().is_empty()
+        {
             return invalid(
                 "allow_anonymous",
                 "`false` needs a `password_file` (without one no client can be identified)",
@@ -162,7 +340,145 @@ impl Config {
         if self.connect_timeout == 0 {
             return invalid("connect_timeout", "must be at least 1 second");
         }
+        for (i, l) in self.listeners.iter().enumerate() {
+            self.validate_listener(i + 1, l, true)?;
+        }
         Ok(())
+    }
+
+    /// [`Config::validate`] for a broker with its own authenticator: listeners need not
+    /// admit anyone by the configuration's own means.
+    pub(crate) fn validate_with_authenticator(&self) -> Result<(), ConfigError> {
+        let mut relaxed = self.clone();
+        relaxed.allow_anonymous = None;
+        let listeners = std::mem::take(&mut relaxed.listeners);
+        relaxed.validate()?;
+        for (i, l) in listeners.iter().enumerate() {
+            self.validate_listener(i + 1, l, false)?;
+        }
+        Ok(())
+    }
+
+    fn validate_listener(
+        &self,
+        index: usize,
+        l: &ListenerConfig,
+        must_admit: bool,
+    ) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Listener {
+                index,
+                bind: l.bind,
+                key,
+                message: message.to_owned(),
+            })
+        };
+        match l.kind {
+            ListenerKind::Tls => {
+                if l.cert.is_none() {
+                    return invalid(
+                        "cert",
+                        "required for type = \"tls\" (PEM certificate chain)",
+                    );
+                }
+                if l.key.is_none() {
+                    return invalid("key", "required for type = \"tls\" (PEM private key)");
+                }
+            }
+            ListenerKind::Tcp => {
+                let tls_only = [
+                    ("cert", l.cert.is_some()),
+                    ("key", l.key.is_some()),
+                    ("client_ca", l.client_ca.is_some()),
+                    ("require_client_cert", l.require_client_cert.is_some()),
+                    ("use_identity_as_username", l.use_identity_as_username),
+                ];
+                if let Some((key, _)) = tls_only.into_iter().find(|(_, set)| *set) {
+                    return invalid(key, "only for type = \"tls\"");
+                }
+            }
+        }
+        if l.client_ca.is_none() {
+            if l.require_client_cert.is_some() {
+                return invalid("require_client_cert", "needs `client_ca`");
+            }
+            if l.use_identity_as_username {
+                return invalid(
+                    "use_identity_as_username",
+                    "needs `client_ca` (client certificates are only read when verified)",
+                );
+            }
+        }
+        if l.use_identity_as_username && l.password_file.is_some() {
+            return invalid(
+                "password_file",
+                "not used with `use_identity_as_username` (the certificate identifies the \
+                 client); remove one of them",
+            );
+        }
+        if l.name.as_deref().is_some_and(str::is_empty) {
+            return invalid("name", "must not be empty");
+        }
+        let e = self.effective(l);
+        if must_admit
+            && !e.allow_anonymous
+            && e.password_file.is_none()
+            && !e.use_identity_as_username
+        {
+            return invalid(
+                "allow_anonymous",
+                "this listener would admit no client: set `allow_anonymous = true`, a \
+                 `password_file`, or (TLS with `client_ca`) `use_identity_as_username = true`",
+            );
+        }
+        Ok(())
+    }
+
+    /// The plain TCP addresses of `listen`, or `127.0.0.1:1883` when neither `listen` nor
+    /// `[[listener]]` tables are configured.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        if self.listen.is_empty() && self.listeners.is_empty() {
+            vec![SocketAddr::from(([127, 0, 0, 1], 1883))]
+        } else {
+            self.listen.clone()
+        }
+    }
+
+    /// A `[[listener]]` table with the global defaults applied.
+    fn effective(&self, l: &ListenerConfig) -> EffectiveListener {
+        EffectiveListener {
+            kind: l.kind,
+            bind: l.bind,
+            name: l.name.clone(),
+            tls: l.tls_files(),
+            allow_anonymous: l.allow_anonymous.or(self.allow_anonymous).unwrap_or(false),
+            password_file: if l.use_identity_as_username {
+                None
+            } else {
+                l.password_file
+                    .clone()
+                    .or_else(|| self.password_file.clone())
+            },
+            use_identity_as_username: l.use_identity_as_username,
+        }
+    }
+
+    /// Every listener the broker runs, `listen` addresses first, in order.
+    pub(crate) fn effective_listeners(&self) -> Vec<EffectiveListener> {
+        let plain = self
+            .listen_addrs()
+            .into_iter()
+            .map(|bind| EffectiveListener {
+                kind: ListenerKind::Tcp,
+                bind,
+                name: None,
+                tls: None,
+                allow_anonymous: self.anonymous_allowed(),
+                password_file: self.password_file.clone(),
+                use_identity_as_username: false,
+            });
+        let typed = self.listeners.iter().map(|l| self.effective(l));
+        plain.chain(typed).collect()
     }
 
     /// Sets the listen addresses (builder style).
@@ -171,8 +487,14 @@ impl Config {
         self
     }
 
-    /// Whether clients without a username may connect: `allow_anonymous`, or by default
-    /// true without a password file and false with one.
+    /// Adds a typed listener (builder style).
+    pub fn listener(mut self, listener: ListenerConfig) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// Whether clients without a username may connect to `listen` addresses:
+    /// `allow_anonymous`, or by default true without a password file and false with one.
     pub fn anonymous_allowed(&self) -> bool {
         self.allow_anonymous.unwrap_or(self.password_file.is_none())
     }
@@ -215,6 +537,160 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("allow_anonymous"), "{e}");
+    }
+
+    #[test]
+    fn example_listener_tables_parse() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text.find("# [[listener]]\n").unwrap();
+        let end = start + text[start..].find("#\n# Certificates").unwrap();
+        let tables: String = text[start..end]
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::from_toml(&tables).unwrap();
+        assert_eq!(c.listeners.len(), 3);
+        assert!(c.listen.is_empty() && c.listen_addrs().is_empty());
+        let mtls = &c.listeners[2];
+        assert_eq!(mtls.kind, ListenerKind::Tls);
+        assert_eq!(mtls.name.as_deref(), Some("devices"));
+        assert!(mtls.use_identity_as_username);
+        assert!(mtls.tls_files().unwrap().require_client_cert);
+    }
+
+    #[test]
+    fn no_listener_means_loopback_and_anonymous() {
+        let c = Config::default();
+        let all = c.effective_listeners();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].bind, SocketAddr::from(([127, 0, 0, 1], 1883)));
+        assert_eq!(all[0].kind, ListenerKind::Tcp);
+        assert!(all[0].allow_anonymous && all[0].password_file.is_none());
+        // `listen` keeps its meaning: anonymous unless there is a password file.
+        let c = Config::from_toml("listen = [\"0.0.0.0:1884\"]").unwrap();
+        assert!(c.effective_listeners()[0].allow_anonymous);
+    }
+
+    #[test]
+    fn listener_tables_default_to_no_anonymous() {
+        let toml = "password_file = \"/p\"\n\
+                    [[listener]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1884\"\n\
+                    [[listener]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1885\"\n\
+                    allow_anonymous = true\n\
+                    [[listener]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1886\"\n\
+                    password_file = \"/q\"\n";
+        let c = Config::from_toml(toml).unwrap();
+        let all = c.effective_listeners();
+        // No `listen`: only the tables.
+        assert_eq!(all.len(), 3);
+        assert!(!all[0].allow_anonymous);
+        assert_eq!(all[0].password_file, Some(PathBuf::from("/p")));
+        assert!(all[1].allow_anonymous);
+        assert_eq!(all[2].password_file, Some(PathBuf::from("/q")));
+        // The global allow_anonymous is the tables' default.
+        let c = Config::from_toml(
+            "allow_anonymous = true\n[[listener]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        assert!(c.effective_listeners()[0].allow_anonymous);
+        // `listen` and tables together: both, `listen` first.
+        let c = Config::from_toml(
+            "listen = [\"127.0.0.1:2\"]\n\
+             [[listener]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1\"\nallow_anonymous = true\n",
+        )
+        .unwrap();
+        let binds: Vec<u16> = c
+            .effective_listeners()
+            .iter()
+            .map(|l| l.bind.port())
+            .collect();
+        assert_eq!(binds, [2, 1]);
+    }
+
+    #[test]
+    fn listener_errors_name_the_table_and_key() {
+        let table = |body: &str| format!("[[listener]]\nbind = \"127.0.0.1:8883\"\n{body}");
+        let cases = [
+            ("type = \"tls\"\nallow_anonymous = true\n", "cert"),
+            (
+                "type = \"tls\"\ncert = \"c\"\nallow_anonymous = true\n",
+                "key",
+            ),
+            (
+                "type = \"tcp\"\ncert = \"c\"\nallow_anonymous = true\n",
+                "cert",
+            ),
+            (
+                "type = \"tcp\"\nclient_ca = \"c\"\nallow_anonymous = true\n",
+                "client_ca",
+            ),
+            (
+                "type = \"tls\"\ncert = \"c\"\nkey = \"k\"\nrequire_client_cert = true\n\
+                 allow_anonymous = true\n",
+                "require_client_cert",
+            ),
+            (
+                "type = \"tls\"\ncert = \"c\"\nkey = \"k\"\nuse_identity_as_username = true\n",
+                "use_identity_as_username",
+            ),
+            (
+                "type = \"tls\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
+                 use_identity_as_username = true\npassword_file = \"p\"\n",
+                "password_file",
+            ),
+            // Admits nobody: no anonymous, no password file, no certificate identity.
+            (
+                "type = \"tls\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n",
+                "allow_anonymous",
+            ),
+            (
+                "type = \"tcp\"\nallow_anonymous = true\nname = \"\"\n",
+                "name",
+            ),
+        ];
+        for (body, key) in cases {
+            let e = Config::from_toml(&table(body)).unwrap_err().to_string();
+            assert!(
+                e.contains("[[listener]]` #1") && e.contains("127.0.0.1:8883") && e.contains(key),
+                "{body}: {e}"
+            );
+        }
+        let e = Config::from_toml(&table("type = \"udp\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("udp"), "{e}");
+        let e = Config::from_toml(&table(
+            "type = \"tcp\"\nallow_anonymous = true\nbogus = 1\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        // Valid: mTLS with identities, optional client certificates, anonymous TLS.
+        for body in [
+            "type = \"tls\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
+             use_identity_as_username = true\n",
+            "type = \"tls\"\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
+             require_client_cert = false\nallow_anonymous = true\n",
+            "type = \"tls\"\ncert = \"c\"\nkey = \"k\"\nallow_anonymous = true\n",
+        ] {
+            Config::from_toml(&table(body)).unwrap();
+        }
+        // With its own authenticator the broker needs no admission rule.
+        let c: Config = toml::from_str(&table("type = \"tcp\"\n")).unwrap();
+        assert!(c.validate().is_err());
+        c.validate_with_authenticator().unwrap();
+    }
+
+    #[test]
+    fn global_allow_anonymous_false_only_needs_a_password_file_for_listen() {
+        assert!(Config::from_toml("allow_anonymous = false").is_err());
+        Config::from_toml(
+            "allow_anonymous = false\n\
+             [[listener]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1\"\npassword_file = \"p\"\n",
+        )
+        .unwrap();
     }
 
     #[test]

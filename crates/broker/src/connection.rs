@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::ConnectInfo;
 use crate::broker::Shared;
+use crate::listener::ConnContext;
 use crate::message::{ClientId, Delivery, Message};
 use crate::metrics::Metrics;
 use crate::router::Target;
@@ -57,7 +58,7 @@ enum Close {
 }
 
 /// Serves one accepted socket until it closes.
-pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr, ctx: ConnContext)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -74,7 +75,7 @@ where
         let Some(connect) = read_connect(&shared, &mut io).await else {
             return;
         };
-        handshake(shared, io, connect, peer).await;
+        handshake(shared, io, connect, peer, ctx).await;
     }
     .instrument(span)
     .await
@@ -116,6 +117,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
+            // TLS streams may keep the tail of a write buffered (a no-op for TCP).
+            self.stream.flush().await?;
             self.bytes_out += self.wbuf.len() as u64;
             self.wbuf.clear();
             if self.wbuf.capacity() > 2 * WRITE_HIGH_WATER {
@@ -196,8 +199,13 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
 }
 
 /// Checks CONNECT, claims the session, sends CONNACK and runs the connection.
-async fn handshake<S>(shared: Arc<Shared>, mut io: Io<S>, connect: Box<Connect>, peer: SocketAddr)
-where
+async fn handshake<S>(
+    shared: Arc<Shared>,
+    mut io: Io<S>,
+    connect: Box<Connect>,
+    peer: SocketAddr,
+    ctx: ConnContext,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let version = connect.protocol;
@@ -242,8 +250,10 @@ where
         password: connect.password.as_deref(),
         peer,
         protocol: version,
+        listener: ctx.listener(),
+        certificate: ctx.certificate(),
     };
-    if let Err(reason) = shared.auth.authenticate(&info) {
+    if let Err(reason) = ctx.authenticate(&info) {
         info!(reason = %reason, "connection refused");
         refuse(&mut io, reason);
         let _ = io.flush().await;

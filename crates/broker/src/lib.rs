@@ -1,6 +1,6 @@
 //! # sagitta-broker
 //!
-//! The Sagitta MQTT broker as a library: MQTT 3.1, 3.1.1 and 5.0 over TCP.
+//! The Sagitta MQTT broker as a library: MQTT 3.1, 3.1.1 and 5.0 over TCP and TLS.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), sagitta_broker::BrokerError> {
@@ -11,7 +11,11 @@
 //!
 //! ## Layout
 //! - [`broker`]: [`Broker`] (start, listeners, shutdown, `$SYS`) and the state its tasks share.
-//! - `connection`: one task per client; the only code that touches a socket.
+//! - [`listener`]: typed listeners (TCP, TLS), their accept loops and per-listener
+//!   authentication ([`ListenerInfo`] is what authenticators see of them).
+//! - [`tls`]: PEM files to a rustls server configuration (mTLS, reload) and the identity of
+//!   client certificates.
+//! - `connection`: one task per client; the only code that reads and writes MQTT on a socket.
 //! - `session`: the session registry, each session's bounded mailbox and protocol state.
 //! - `router`: the subscription tree (wildcards, shared groups, No Local, overlap merging).
 //! - `retain`: retained messages by topic level.
@@ -31,16 +35,20 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 mod connection;
+pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod password;
 mod retain;
 mod router;
 mod session;
+pub mod tls;
 
 pub use auth::{AllowAll, Authenticator, ConnectInfo};
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, ListenerConfig, ListenerKind};
+pub use listener::ListenerInfo;
 pub use message::Message;
 pub use metrics::Metrics;
 pub use password::{PasswordFile, PasswordFileError, PasswordHash};
+pub use tls::{ClientCertificate, TlsError};

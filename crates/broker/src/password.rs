@@ -348,6 +348,8 @@ mod tests {
     use sagitta_proto::ProtocolVersion;
 
     use super::*;
+    use crate::config::ListenerKind;
+    use crate::listener::ListenerInfo;
 
     /// Computed independently with Python:
     /// `hashlib.pbkdf2_hmac('sha512', b'correct horse', b'0123456789ab', 100000)`, base64.
@@ -360,6 +362,17 @@ mod tests {
     /// Made by Debian's `mosquitto_passwd -b file alice secret` (Mosquitto 2, 101 iterations).
     const MOSQUITTO_LINE: &str = "alice:$7$101$A1Xa9Yr7a42RYx7Z$H/MrrRHXb2rx+bJ0kwg4x6nCbtUWcrHTMUvRGisaIGTgbeupv1QKxB7ajPpS16zY2KJWYxpB7RvQsdl7/7Spgg==";
 
+    static LISTENER: ListenerInfo = ListenerInfo {
+        name: String::new(),
+        kind: ListenerKind::Tcp,
+        local_addr: SocketAddr::V4(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::LOCALHOST,
+            1883,
+        )),
+        allow_anonymous: false,
+        verifies_client_certificates: false,
+    };
+
     fn info<'a>(user: Option<&'a str>, password: Option<&'a [u8]>) -> ConnectInfo<'a> {
         ConnectInfo {
             client_id: "c",
@@ -367,6 +380,8 @@ mod tests {
             password,
             peer: SocketAddr::from(([127, 0, 0, 1], 1)),
             protocol: ProtocolVersion::V3_1_1,
+            listener: &LISTENER,
+            certificate: None,
         }
     }
 

@@ -4,12 +4,15 @@
 //! Each test runs one script of `tests/paho/` as `python3 SCRIPT HOST PORT VERSION`; the
 //! script exits 0 when the broker behaved and 1 with the reason on stderr when it did not
 //! (see `tests/paho/interop.py`). What each scenario proves is in its script's docstring.
-//! The scripts bound every wait themselves; this side adds an outer time limit.
+//! The scripts bound every wait themselves; this side adds an outer time limit. The TLS
+//! scenarios run against a mutual-TLS listener with a test PKI made here (see `common_tls`),
+//! passed to the scripts in `SAGITTA_TLS_*` environment variables.
 
 // Test code: failed expectations abort the test with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common_interop;
+mod common_tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,6 +20,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common_interop::TestBroker;
+use sagitta_broker::ListenerConfig;
 use tokio::process::Command;
 
 /// Outer limit for one script (their own watchdog fires at 20 s).
@@ -69,13 +73,46 @@ fn script_path(name: &str) -> PathBuf {
 /// Starts a broker, runs `tests/paho/{script}` against it with `version` (`v311`/`v5`), and
 /// fails the test with the script's output unless it exits 0.
 async fn run_script(script: &str, version: &str) {
-    let python = python();
     let broker = TestBroker::start().await;
+    run_script_on(&broker, script, version, &[]).await;
+    broker.stop().await;
+}
+
+/// Runs `tests/paho/{script}` over TLS against a broker whose only listener requires client
+/// certificates from the test CA (and admits anonymous clients).
+async fn run_tls_script(script: &str, version: &str) {
+    let pki = common_tls::Pki::new("paho");
+    let listener = ListenerConfig::tls(
+        "127.0.0.1:0".parse().unwrap(),
+        pki.path("server.pem"),
+        pki.path("server.key"),
+    )
+    .client_ca(pki.path("ca.pem"))
+    .allow_anonymous(true);
+    let broker = TestBroker::start_with(|config| {
+        config.listen.clear();
+        config.listeners = vec![listener];
+    })
+    .await;
+    let env = [
+        ("SAGITTA_TLS_CA", pki.arg("ca.pem")),
+        ("SAGITTA_TLS_CERT", pki.arg("client.pem")),
+        ("SAGITTA_TLS_KEY", pki.arg("client.key")),
+        ("SAGITTA_TLS_DIR", pki.dir.display().to_string()),
+    ];
+    run_script_on(&broker, script, version, &env).await;
+    broker.stop().await;
+}
+
+/// Runs `tests/paho/{script}` against `broker` with extra environment variables.
+async fn run_script_on(broker: &TestBroker, script: &str, version: &str, env: &[(&str, String)]) {
+    let python = python();
     let path = script_path(script);
     let child = Command::new(python)
         .arg("-B") // no __pycache__ in the source tree
         .arg(&path)
         .args([broker.host(), broker.port(), version.to_owned()])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -93,7 +130,6 @@ async fn run_script(script: &str, version: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
     );
-    broker.stop().await;
 }
 
 /// Generates one test per listed version running `tests/paho/{name}.py`.
@@ -138,4 +174,24 @@ paho_tests! {
     flow_control: [v5];
     will_delay: [v5];
     connect_refusals: [v5];
+}
+
+/// Generates one test per listed version running `tests/paho/{name}.py` over mutual TLS.
+macro_rules! paho_tls_tests {
+    ($($name:ident: $script:literal [$($version:ident),+];)*) => {$(
+        mod $name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $version() {
+                    super::run_tls_script($script, stringify!($version)).await;
+                }
+            )+
+        }
+    )*};
+}
+
+paho_tls_tests! {
+    tls: "tls.py" [v311, v5];
+    pubsub_qos_over_tls: "pubsub_qos.py" [v311, v5];
+    will_over_tls: "will.py" [v311, v5];
 }

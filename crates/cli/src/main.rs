@@ -42,16 +42,21 @@ enum Command {
   sagitta broker -c sagitta.toml --check-config   check the file and exit
   RUST_LOG=debug sagitta broker                   more logging
 
+Signals: SIGINT or SIGTERM shut down cleanly; SIGHUP reloads the TLS listeners'
+certificates, keys and client CAs (established connections keep going).
+
 Exit codes: 0 after a clean shutdown (Ctrl-C or SIGTERM), 1 if the broker cannot start
-(e.g. the address is in use), 2 for a bad configuration.")]
+(e.g. the address is in use, a certificate cannot be read), 2 for a bad configuration.")]
 struct BrokerArgs {
-    /// Address to listen on for MQTT over TCP (repeatable). Default 127.0.0.1:1883.
+    /// Address to listen on for MQTT over TCP (repeatable; replaces the file's `listen`).
+    /// Default 127.0.0.1:1883 unless the file has `[[listener]]` tables.
     #[arg(short, long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
     /// TOML configuration file.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Check the configuration (file and flags) and exit: 0 if valid, 2 if not.
+    /// Check the configuration (file, flags, and the password, certificate and key files it
+    /// names) and exit: 0 if valid, 2 if not.
     #[arg(long)]
     check_config: bool,
 }
@@ -61,7 +66,9 @@ fn main() -> ExitCode {
     // pub and sub keep stderr for their own one-line errors.
     let default_log = match cli.command {
         Command::Pub(_) | Command::Sub(_) | Command::Passwd(_) => "error",
-        _ => "info",
+        // rustls warns about every client that sends an IP address as SNI (mosquitto_pub
+        // -h 127.0.0.1 does): only its errors by default.
+        _ => "info,rustls=error",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -69,10 +76,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Bench(args) = &cli.command {
+        if let Some(n) = args.worker_threads() {
+            builder.worker_threads(n);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sagitta: cannot start the async runtime: {e}");
@@ -103,7 +113,8 @@ async fn run_broker(args: BrokerArgs) -> ExitCode {
         config.listen = args.listen;
     }
     if args.check_config {
-        return match config.validate() {
+        // Also reads the password files and the TLS certificates, keys and CAs.
+        return match Broker::check_config(&config) {
             Ok(()) => {
                 println!("configuration ok");
                 ExitCode::SUCCESS
@@ -127,6 +138,13 @@ async fn run_broker(args: BrokerArgs) -> ExitCode {
         tracing::info!("shutting down");
         handle.shutdown();
     });
+    let handle = broker.handle();
+    tokio::spawn(signal::on_hangup(move || match handle.reload_tls() {
+        Ok(n) => tracing::info!(listeners = n, "SIGHUP: TLS certificates reloaded"),
+        Err(e) => {
+            tracing::error!("SIGHUP: TLS reload failed, keeping the current certificates: {e}")
+        }
+    }));
     broker.wait().await;
     ExitCode::SUCCESS
 }

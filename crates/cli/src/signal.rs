@@ -20,3 +20,15 @@ pub async fn interrupted() {
         () = int => {}
     }
 }
+
+/// Calls `reload` on every SIGHUP, forever (returns at once if SIGHUP cannot be watched).
+pub async fn on_hangup(mut reload: impl FnMut()) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot watch SIGHUP: certificates will not be reloaded");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        reload();
+    }
+}

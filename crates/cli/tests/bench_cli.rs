@@ -54,6 +54,12 @@ fn wait_up(port: u16) {
 }
 
 fn sagitta_broker() -> (Running, u16) {
+    let (running, port, _) = sagitta_broker_with_pid();
+    (running, port)
+}
+
+/// A `sagitta broker` subprocess, its port and its process id.
+fn sagitta_broker_with_pid() -> (Running, u16, u32) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_sagitta"))
         .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
@@ -62,9 +68,10 @@ fn sagitta_broker() -> (Running, u16) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let pid = child.id();
     let running = Running::new(child);
     wait_up(port);
-    (running, port)
+    (running, port, pid)
 }
 
 fn mosquitto_program() -> PathBuf {
@@ -306,4 +313,122 @@ fn sub_measures_a_separate_pub_process() {
     assert_eq!(v["losses"].as_u64(), Some(0), "{v}");
     // Timestamps are comparable across processes: every message has a latency sample.
     assert_eq!(v["latency_ms"]["samples"].as_u64(), Some(400), "{v}");
+}
+
+fn number(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no number {key} in {v}"))
+}
+
+#[test]
+fn broker_pid_adds_cpu_and_memory_of_broker_and_bench() {
+    let (_broker, port, pid) = sagitta_broker_with_pid();
+    let (p, pid_arg) = (port.to_string(), pid.to_string());
+    let v = bench_json(&[
+        "pairs",
+        "--pubs",
+        "3",
+        "-q",
+        "1",
+        "-n",
+        "300",
+        "-p",
+        &p,
+        "--broker-pid",
+        &pid_arg,
+        "--threads",
+        "2",
+    ]);
+    assert_complete(&v, 900, 900);
+    assert_eq!(v["broker_pid"].as_u64(), Some(u64::from(pid)), "{v}");
+    assert_eq!(v["bench_threads"].as_u64(), Some(2), "{v}");
+    assert!(number(&v, "measured_s") > 0.0, "{v}");
+    for key in [
+        "broker_cpu_s",
+        "broker_cpu_pct",
+        "bench_cpu_s",
+        "bench_cpu_pct",
+    ] {
+        assert!(number(&v, key) >= 0.0, "{key}: {v}");
+    }
+    let rss = number(&v, "broker_rss_kb");
+    assert!(rss > 0.0, "{v}");
+    assert!(number(&v, "broker_peak_rss_kb") >= rss, "{v}");
+    assert!(v["bench_saturated"].is_boolean(), "{v}");
+    // The keys scripts already read are still there.
+    for key in [
+        "publish_rate",
+        "delivery_rate",
+        "losses",
+        "errors",
+        "latency_ms",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing: {v}");
+    }
+
+    // conn: the broker's memory before and after, per connection.
+    let v = bench_json(&[
+        "conn",
+        "-c",
+        "50",
+        "--connect-rate",
+        "0",
+        "-d",
+        "0.5",
+        "-p",
+        &p,
+        "--broker-pid",
+        &pid_arg,
+    ]);
+    let c = &v["connect"];
+    assert_eq!(c["connected"].as_u64(), Some(50), "{v}");
+    assert!(number(c, "rate") > 0.0, "{v}");
+    let before = number(c, "broker_rss_before_kb");
+    let connected = number(c, "broker_rss_connected_kb");
+    assert!(before > 0.0 && connected > 0.0, "{v}");
+    let per = number(c, "broker_rss_per_connection_kb");
+    assert!((per - (connected - before) / 50.0).abs() < 1e-6, "{v}");
+    assert!(number(&v, "broker_peak_rss_kb") > 0.0, "{v}");
+
+    // The text summary names them too.
+    let out = bench(&[
+        "fanin",
+        "--pubs",
+        "2",
+        "-n",
+        "50",
+        "-p",
+        &p,
+        "--quiet",
+        "--broker-pid",
+        &pid_arg,
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        &format!("pid {pid}") as &str,
+        "CPU",
+        "RSS",
+        "peak",
+        "bench CPU",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn without_broker_pid_the_bench_still_reports_its_own_cpu() {
+    let (_broker, port) = sagitta_broker();
+    let p = port.to_string();
+    let v = bench_json(&["pub", "-n", "100", "-p", &p]);
+    assert!(v["broker_pid"].is_null(), "{v}");
+    assert!(v["broker_cpu_s"].is_null(), "{v}");
+    assert!(v["broker_peak_rss_kb"].is_null(), "{v}");
+    assert!(number(&v, "bench_cpu_s") >= 0.0, "{v}");
+    assert!(number(&v, "bench_threads") >= 1.0, "{v}");
+    // A process that does not exist is a bad argument.
+    let out = bench(&["pub", "-n", "1", "-p", &p, "--broker-pid", "4294967295"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--broker-pid"));
 }

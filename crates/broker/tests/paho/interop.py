@@ -4,9 +4,13 @@ Every script is run as ``python3 SCRIPT HOST PORT VERSION`` (VERSION is ``v311``
 by crates/broker/tests/interop_paho.rs. It exits 0 when the broker behaved, and 1 with a
 message on stderr when it did not. Every wait is bounded by ``WAIT`` seconds, and a
 watchdog kills the whole script (exit 1, with a traceback) after ``DEADLINE`` seconds.
+
+TLS: when ``SAGITTA_TLS_CA`` is set (a PEM CA file), every client connects over TLS trusting
+it, with the client certificate ``SAGITTA_TLS_CERT`` / ``SAGITTA_TLS_KEY`` if those are set.
 """
 
 import faulthandler
+import os
 import queue
 import socket
 import sys
@@ -58,6 +62,12 @@ class Context:
         self.version = version
         self.v5 = version == "v5"
         self.protocol = mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311
+        ca = os.environ.get("SAGITTA_TLS_CA")
+        self.tls = None
+        if ca:
+            self.tls = {"ca_certs": ca,
+                        "certfile": os.environ.get("SAGITTA_TLS_CERT") or None,
+                        "keyfile": os.environ.get("SAGITTA_TLS_KEY") or None}
 
     def peer(self, name, threaded=True, **kwargs):
         """A connected client with id ``NAME-VERSION``; see ``Peer``."""
@@ -93,11 +103,12 @@ class Peer:
 
     ``clean``: Clean Session (3.1.1) / Clean Start (5.0). ``session_expiry``: 5.0 Session
     Expiry Interval. ``will``: dict of ``will_set`` arguments. ``connect_props``: extra 5.0
-    CONNECT properties as a dict.
+    CONNECT properties as a dict. ``tls``: dict of ``tls_set`` arguments, instead of the
+    context's (see the module docstring).
     """
 
     def __init__(self, ctx, client_id, clean=True, session_expiry=None, will=None,
-                 connect_props=None, manual_ack=False, keepalive=30):
+                 connect_props=None, manual_ack=False, keepalive=30, tls=None):
         self.ctx = ctx
         self.client_id = client_id
         self.clean = clean
@@ -117,6 +128,9 @@ class Peer:
         self.unsubacks = {}
         self.pub_reasons = {}
         self.disconnected = None
+        tls = tls if tls is not None else ctx.tls
+        if tls:
+            self.client.tls_set(**tls)
         if will is not None:
             self.client.will_set(**will)
         self.connect_props = None
@@ -277,9 +291,10 @@ class Peer:
 
         paho closes its socket as soon as DISCONNECT is written, so a reconnection could
         otherwise reach the broker before the DISCONNECT is processed. A duplicate of the
-        socket keeps the connection open until the broker's end of stream arrives."""
+        socket keeps the connection open until the broker's end of stream arrives (for TLS a
+        plain socket on a duplicate of the descriptor: only the end of stream matters)."""
         sock = self.client.socket()
-        watch = sock.dup() if sock is not None else None
+        watch = socket.fromfd(sock.fileno(), sock.family, sock.type) if sock is not None else None
         self.client.disconnect(reasoncode=reasoncode, properties=properties)
         self._wait(lambda: self.disconnected is not None, "the disconnection")
         if self.threaded:

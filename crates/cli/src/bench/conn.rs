@@ -17,6 +17,7 @@ use super::progress::{self, Counters};
 use super::publisher::ping_interval;
 use super::report::{ConnectStats, Latency, Summary};
 use super::stats::{histogram, record_ns};
+use super::usage::Probe;
 
 /// Result of one connection attempt: time to CONNACK and when it arrived, or the error.
 type Attempt = Result<(Duration, Instant), String>;
@@ -52,6 +53,8 @@ impl Tally {
 pub async fn run(c: &Config) -> Result<Summary, String> {
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
+    let probe = Probe::start(c.broker_pid);
+    let rss_before = probe.broker_memory().map(|m| m.rss_kb);
     let start = Instant::now();
     let progress_stop = CancellationToken::new();
     let progress_task = (!c.quiet && std::io::stderr().is_terminal()).then(|| {
@@ -109,10 +112,12 @@ pub async fn run(c: &Config) -> Result<Summary, String> {
             None => break,
         }
     }
+    let rss_connected = probe.broker_memory().map(|m| m.rss_kb);
     if let Some(d) = c.duration {
         sleep_until((start + d).into()).await;
     }
     let elapsed = start.elapsed();
+    let usage = probe.finish();
     stop.cancel();
     let mut dropped = 0u64;
     while let Some(joined) = tasks.join_next().await {
@@ -133,6 +138,12 @@ pub async fn run(c: &Config) -> Result<Summary, String> {
         Some(at) if at > start => tally.connected as f64 / at.duration_since(start).as_secs_f64(),
         _ => 0.0,
     };
+    let per_connection = match (rss_before, rss_connected) {
+        (Some(b), Some(a)) if tally.connected > 0 => {
+            Some((a as f64 - b as f64) / tally.connected as f64)
+        }
+        _ => None,
+    };
     let stats = ConnectStats {
         attempted,
         connected: tally.connected,
@@ -140,8 +151,11 @@ pub async fn run(c: &Config) -> Result<Summary, String> {
         rate,
         latency_ms: Latency::from_us(&tally.hist),
         dropped,
+        broker_rss_before_kb: rss_before,
+        broker_rss_connected_kb: rss_connected,
+        broker_rss_per_connection_kb: per_connection,
     };
-    Ok(Summary::conn(c, stats, elapsed, &counters))
+    Ok(Summary::conn(c, stats, elapsed, &counters, usage))
 }
 
 /// Keeps a connection open until `stop`, answering nothing but pinging when idle.

@@ -11,6 +11,8 @@
 //! - `payload`: the header each message carries; `clock`: the timestamps in it.
 //! - `stats`: per-task statistics (latency histograms, loss/duplicate/order tracking) and
 //!   their merge; `progress`: shared counters and the live line; `report`: the summary.
+//! - `usage`: CPU time of the bench and of the broker (`--broker-pid`) and the broker's
+//!   memory, from `/proc`.
 //!
 //! Exit status: 0 on success, 1 if any error, loss, refused or unacknowledged message or
 //! failed connection occurred, 2 for bad arguments.
@@ -27,6 +29,7 @@ mod stats;
 mod subscriber;
 mod template;
 mod traffic;
+mod usage;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -75,7 +78,8 @@ impl Scenario {
     after_help = "Examples:\n  \
     sagitta bench fanin --pubs 50 -q 1 -d 10\n  \
     sagitta bench fanout --subs 50 -r 1000 --json\n  \
-    sagitta bench conn -c 10000 --connect-rate 500 -d 60\n\n\
+    sagitta bench conn -c 10000 --connect-rate 500 -d 60\n  \
+    sagitta bench pairs --pubs 100 --broker-pid \"$(pidof mosquitto)\" --json\n\n\
     Without --rate the run is a closed loop: publishers pause while --inflight deliveries \
     are outstanding, so latency then includes that queue (about inflight / throughput); \
     use --rate or a small --inflight to measure latency.\n\n\
@@ -143,6 +147,12 @@ pub struct BenchArgs {
     /// Password.
     #[arg(short = 'P', long)]
     password: Option<String>,
+    /// Process id of the broker (on this machine): report its CPU time and memory (Linux).
+    #[arg(long, value_name = "PID")]
+    broker_pid: Option<u32>,
+    /// Worker threads of the bench's runtime (default: one per CPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
+    threads: Option<u16>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -152,6 +162,13 @@ pub struct BenchArgs {
     /// Print help.
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
+}
+
+impl BenchArgs {
+    /// Worker threads asked for with `--threads` (the runtime is built before [`run`]).
+    pub fn worker_threads(&self) -> Option<usize> {
+        self.threads.map(usize::from)
+    }
 }
 
 fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
@@ -206,6 +223,8 @@ pub struct Config {
     pub username: Option<String>,
     /// Password.
     pub password: Option<String>,
+    /// The broker's process id, to measure its CPU and memory.
+    pub broker_pid: Option<u32>,
     /// JSON output.
     pub json: bool,
     /// No live progress.
@@ -359,6 +378,9 @@ impl Config {
         if a.password.is_some() && a.username.is_none() && a.version != ProtocolVersion::V5 {
             return Err("--password needs --username before MQTT 5".into());
         }
+        if let Some(pid) = a.broker_pid {
+            usage::check_pid(pid)?;
+        }
         Ok(Self {
             scenario: s,
             host: a.host,
@@ -380,6 +402,7 @@ impl Config {
             drain,
             username: a.username,
             password: a.password,
+            broker_pid: a.broker_pid,
             json: a.json,
             quiet: a.quiet,
         })
@@ -473,6 +496,20 @@ mod tests {
         assert_eq!(c.clients, 100);
         assert_eq!(c.addr(), "[::1]:1884");
         assert_eq!(c.version, ProtocolVersion::V5);
+        assert_eq!(c.broker_pid, None);
+    }
+
+    #[test]
+    fn threads_and_broker_pid() {
+        let cli = Cli::try_parse_from(["bench", "pairs", "--threads", "3"]).unwrap();
+        assert_eq!(cli.args.worker_threads(), Some(3));
+        let cli = Cli::try_parse_from(["bench", "pairs"]).unwrap();
+        assert_eq!(cli.args.worker_threads(), None);
+        if cfg!(target_os = "linux") {
+            let me = std::process::id().to_string();
+            let c = config(&["conn", "--broker-pid", &me]).unwrap();
+            assert_eq!(c.broker_pid, Some(std::process::id()));
+        }
     }
 
     #[test]
@@ -488,5 +525,8 @@ mod tests {
         assert!(config(&["pub", "-d", "2", "--warmup", "3"]).is_err());
         assert!(config(&["conn", "-n", "3"]).is_err());
         assert!(config(&["pub", "--subs", "3"]).is_err());
+        assert!(config(&["pub", "--threads", "0"]).is_err());
+        let e = config(&["pub", "--broker-pid", "4294967295"]).unwrap_err();
+        assert!(e.contains("--broker-pid"), "{e}");
     }
 }

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::progress::Counters;
 use super::stats::Totals;
+use super::usage::Usage;
 use super::{Config, Scenario};
 
 /// Latency percentiles in milliseconds.
@@ -72,6 +73,12 @@ pub struct ConnectStats {
     pub latency_ms: Option<Latency>,
     /// Connections lost while being held open.
     pub dropped: u64,
+    /// The broker's resident memory before connecting, KiB (with `--broker-pid`).
+    pub broker_rss_before_kb: Option<u64>,
+    /// The broker's resident memory once every connection had its CONNACK, KiB.
+    pub broker_rss_connected_kb: Option<u64>,
+    /// (connected - before) / connections, KiB: the broker's memory per idle connection.
+    pub broker_rss_per_connection_kb: Option<f64>,
 }
 
 /// The summary of a run.
@@ -141,6 +148,10 @@ pub struct Summary {
     pub errors: u64,
     /// The first distinct error messages.
     pub error_messages: Vec<String>,
+    /// CPU of the bench and the broker, the broker's memory (flattened: `bench_cpu_s`,
+    /// `broker_cpu_s`, `broker_peak_rss_kb`...).
+    #[serde(flatten)]
+    pub usage: Usage,
 }
 
 fn rate(n: u64, from_ns: u64, to_ns: Option<u64>) -> f64 {
@@ -185,6 +196,7 @@ impl Summary {
             connect: None,
             errors: 0,
             error_messages: Vec::new(),
+            usage: Usage::default(),
         }
     }
 
@@ -196,6 +208,7 @@ impl Summary {
         elapsed: Duration,
         drain: Duration,
         counters: &Counters,
+        usage: Usage,
     ) -> Self {
         Self {
             elapsed_s: elapsed.as_secs_f64(),
@@ -216,17 +229,25 @@ impl Summary {
             foreign: t.foreign,
             errors: counters.error_count(),
             error_messages: counters.error_messages(),
+            usage,
             ..Self::base(c)
         }
     }
 
     /// Summary of the `conn` scenario.
-    pub fn conn(c: &Config, stats: ConnectStats, elapsed: Duration, counters: &Counters) -> Self {
+    pub fn conn(
+        c: &Config,
+        stats: ConnectStats,
+        elapsed: Duration,
+        counters: &Counters,
+        usage: Usage,
+    ) -> Self {
         Self {
             elapsed_s: elapsed.as_secs_f64(),
             connect: Some(stats),
             errors: counters.error_count(),
             error_messages: counters.error_messages(),
+            usage,
             ..Self::base(c)
         }
     }
@@ -243,12 +264,15 @@ impl Summary {
                 .is_some_and(|c| c.failed > 0 || c.dropped > 0)
     }
 
-    /// Prints the summary on stdout.
+    /// Prints the summary on stdout (and, with JSON, a saturation warning on stderr).
     pub fn print(&self, json: bool) {
         if json {
             match serde_json::to_string(self) {
                 Ok(s) => println!("{s}"),
                 Err(e) => eprintln!("sagitta bench: cannot format JSON: {e}"),
+            }
+            if let Some(w) = self.usage.warning() {
+                eprintln!("sagitta bench: {w}");
             }
         } else {
             print!("{}", self.text());
@@ -289,6 +313,20 @@ impl Summary {
             );
             if let Some(l) = &cs.latency_ms {
                 let _ = writeln!(o, "  CONNACK ms    {}", l.line());
+            }
+            if let (Some(before), Some(after)) =
+                (cs.broker_rss_before_kb, cs.broker_rss_connected_kb)
+            {
+                let per = cs
+                    .broker_rss_per_connection_kb
+                    .map(|p| format!("   {p:.1} KiB per connection"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    o,
+                    "  broker RSS    {} before, {} connected{per}",
+                    mib(before),
+                    mib(after)
+                );
             }
         } else {
             let _ = writeln!(
@@ -351,10 +389,51 @@ impl Summary {
                 self.losses, self.duplicates, self.out_of_order
             );
         }
+        self.usage_text(&mut o);
         let _ = writeln!(o, "  errors        {}", self.errors);
         for m in &self.error_messages {
             let _ = writeln!(o, "    {m}");
         }
         o
     }
+
+    /// The CPU and memory lines.
+    fn usage_text(&self, o: &mut String) {
+        use std::fmt::Write;
+        let u = &self.usage;
+        let cpu = |s: f64, pct: Option<f64>| match pct {
+            Some(p) => format!("{s:.2} s ({p:.0}% of a core over {:.2} s)", u.measured_s),
+            None => format!("{s:.2} s"),
+        };
+        if let Some(pid) = u.broker_pid {
+            let mut line = format!("  broker        pid {pid}");
+            if let Some(s) = u.broker_cpu_s {
+                let _ = write!(line, "   CPU {}", cpu(s, u.broker_cpu_pct));
+            }
+            if let (Some(rss), Some(peak)) = (u.broker_rss_kb, u.broker_peak_rss_kb) {
+                let _ = write!(line, "   RSS {}, peak {}", mib(rss), mib(peak));
+            }
+            if u.broker_cpu_s.is_none() && u.broker_rss_kb.is_none() {
+                line.push_str("   (gone: no figures)");
+            }
+            let _ = writeln!(o, "{line}");
+        }
+        if let Some(s) = u.bench_cpu_s {
+            let _ = writeln!(
+                o,
+                "  bench CPU     {}, {} worker thread{}",
+                cpu(s, u.bench_cpu_pct),
+                u.bench_threads,
+                if u.bench_threads == 1 { "" } else { "s" }
+            );
+        }
+        if let Some(w) = u.warning() {
+            let _ = writeln!(o, "  {w}");
+        }
+    }
+}
+
+/// KiB as a human-readable MiB figure.
+fn mib(kb: u64) -> String {
+    format!("{:.1} MiB", kb as f64 / 1024.0)
 }

@@ -17,6 +17,7 @@ use super::publisher::Publisher;
 use super::report::Summary;
 use super::stats::{PubStats, SubStats, Totals};
 use super::subscriber::Subscriber;
+use super::usage::{Probe, Usage};
 use super::{Config, Scenario};
 
 /// Connection attempts in progress at once during set-up.
@@ -101,7 +102,7 @@ pub async fn run(config: &Config) -> Result<Summary, String> {
     if let Some(t) = progress_task {
         let _ = t.await;
     }
-    let (pubs, subs, elapsed, drain) = outcome?;
+    let (pubs, subs, elapsed, drain, usage) = outcome?;
 
     let mut totals = Totals::new()?;
     for p in &pubs {
@@ -119,10 +120,11 @@ pub async fn run(config: &Config) -> Result<Summary, String> {
         elapsed,
         drain,
         &sh.counters,
+        usage,
     ))
 }
 
-type Outcome = (Vec<PubStats>, Vec<SubStats>, Duration, Duration);
+type Outcome = (Vec<PubStats>, Vec<SubStats>, Duration, Duration, Usage);
 
 /// Set-up, publishing, drain. On a set-up failure everything opened is closed.
 async fn drive(sh: &Arc<Shared>) -> Result<Outcome, String> {
@@ -152,7 +154,8 @@ async fn drive(sh: &Arc<Shared>) -> Result<Outcome, String> {
         }
     };
 
-    // 3. Go.
+    // 3. Go. CPU and memory are measured from here to the end of the drain.
+    let probe = Probe::start(c.broker_pid);
     let start = Instant::now();
     sh.warmup_end_ns
         .store(sh.clock.at(start + c.warmup), Ordering::Relaxed);
@@ -218,6 +221,7 @@ async fn drive(sh: &Arc<Shared>) -> Result<Outcome, String> {
             publishing_done.elapsed(),
         )
     };
+    let usage = probe.finish();
     sh.stop.cancel();
     let mut subs: Vec<Option<SubStats>> = vec![None; c.subs as usize];
     while let Some(joined) = sub_tasks.join_next().await {
@@ -233,7 +237,7 @@ async fn drive(sh: &Arc<Shared>) -> Result<Outcome, String> {
             None => SubStats::new()?,
         });
     }
-    Ok((pubs_out, subs_out, elapsed, drain))
+    Ok((pubs_out, subs_out, elapsed, drain, usage))
 }
 
 /// Runs `make(sh, i)` for `i` in `0..n`, at most [`SETUP_CONCURRENCY`] at a time; returns the

@@ -1,0 +1,310 @@
+//! Listeners: a bound socket with its transport (TCP or TLS) and its authentication
+//! settings, the accept loop, and the per-connection context handed to the connection task.
+//!
+//! The accept loop only accepts: the TLS handshake runs on the connection's own task, bounded
+//! by the connect timeout, so a slow or silent peer cannot hold up other accepts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sagitta_proto::ReasonCode;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::auth::{Authenticator, ConnectInfo};
+use crate::broker::{BrokerError, Shared};
+use crate::config::{Config, EffectiveListener, ListenerKind};
+use crate::password::PasswordFile;
+use crate::tls::{ClientCertificate, TlsState};
+
+/// What an [`Authenticator`] is told about the listener a client connected through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// The configured `name`, else `<type>://<local address>`.
+    pub name: String,
+    /// TCP or TLS.
+    pub kind: ListenerKind,
+    /// The address the listener is bound to.
+    pub local_addr: SocketAddr,
+    /// Whether this listener admits anonymous clients (its effective `allow_anonymous`).
+    pub allow_anonymous: bool,
+    /// Whether client certificates are verified here (TLS with `client_ca`).
+    pub verifies_client_certificates: bool,
+}
+
+/// How a listener decides who may connect (unless the broker has its own authenticator).
+enum Check {
+    /// The broker's own authenticator decides (`BrokerBuilder::authenticator`).
+    Custom(Arc<dyn Authenticator>),
+    /// Usernames and passwords from a password file.
+    PasswordFile(Arc<PasswordFile>),
+    /// No password check.
+    Open,
+}
+
+/// A listener's authentication settings.
+pub(crate) struct Listener {
+    pub info: ListenerInfo,
+    use_identity_as_username: bool,
+    check: Check,
+}
+
+impl Listener {
+    /// A plain TCP listener that lets every client in (`Broker::bind`).
+    pub fn open_tcp(local_addr: SocketAddr) -> Self {
+        Self {
+            info: ListenerInfo {
+                name: format!("tcp://{local_addr}"),
+                kind: ListenerKind::Tcp,
+                local_addr,
+                allow_anonymous: true,
+                verifies_client_certificates: false,
+            },
+            use_identity_as_username: false,
+            check: Check::Open,
+        }
+    }
+
+    /// `Ok(())` to accept the client, or the reason to refuse it with.
+    ///
+    /// With `use_identity_as_username`, the certificate identity replaces the username
+    /// (the password is dropped); a client without one is anonymous. Anonymous clients are
+    /// refused with `NotAuthorized` (0x87, 3.x return code 5) unless the listener allows
+    /// them; a password file refuses unknown users and wrong passwords with
+    /// `BadUserNameOrPassword` (0x86, 3.x return code 4). A custom authenticator decides
+    /// everything itself (seeing the mapped username).
+    pub fn authenticate(&self, info: &ConnectInfo<'_>) -> Result<(), ReasonCode> {
+        let mapped;
+        let info = if self.use_identity_as_username {
+            mapped = ConnectInfo {
+                username: info.certificate.and_then(ClientCertificate::identity),
+                password: None,
+                ..*info
+            };
+            &mapped
+        } else {
+            info
+        };
+        match &self.check {
+            Check::Custom(auth) => auth.authenticate(info),
+            _ if info.username.is_none() => {
+                if self.info.allow_anonymous {
+                    Ok(())
+                } else {
+                    Err(ReasonCode::NotAuthorized)
+                }
+            }
+            // The certificate was verified during the TLS handshake.
+            _ if self.use_identity_as_username => Ok(()),
+            Check::PasswordFile(file) => file.authenticate(info),
+            Check::Open => {
+                if self.info.allow_anonymous {
+                    Ok(())
+                } else {
+                    Err(ReasonCode::BadUserNameOrPassword)
+                }
+            }
+        }
+    }
+}
+
+/// What the connection task knows about how its client came in.
+pub(crate) struct ConnContext {
+    listener: Arc<Listener>,
+    certificate: Option<ClientCertificate>,
+}
+
+impl ConnContext {
+    /// The listener the client connected through.
+    pub fn listener(&self) -> &ListenerInfo {
+        &self.listener.info
+    }
+
+    /// The client's verified certificate (mTLS), if any.
+    pub fn certificate(&self) -> Option<&ClientCertificate> {
+        self.certificate.as_ref()
+    }
+
+    /// Decides about a CONNECT; see [`Listener::authenticate`].
+    pub fn authenticate(&self, info: &ConnectInfo<'_>) -> Result<(), ReasonCode> {
+        self.listener.authenticate(info)
+    }
+}
+
+/// A listener with its files read, ready to bind.
+pub(crate) struct Prepared {
+    pub bind: SocketAddr,
+    name: Option<String>,
+    kind: ListenerKind,
+    allow_anonymous: bool,
+    use_identity_as_username: bool,
+    check: Check,
+    pub tls: Option<Arc<TlsState>>,
+}
+
+impl Prepared {
+    /// The listener's settings, once bound to `local_addr`.
+    pub fn into_listener(self, local_addr: SocketAddr) -> Listener {
+        Listener {
+            info: ListenerInfo {
+                name: self
+                    .name
+                    .unwrap_or_else(|| format!("{}://{local_addr}", self.kind)),
+                kind: self.kind,
+                local_addr,
+                allow_anonymous: self.allow_anonymous,
+                verifies_client_certificates: self
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.verifies_client_certificates()),
+            },
+            use_identity_as_username: self.use_identity_as_username,
+            check: self.check,
+        }
+    }
+}
+
+/// Reads what every listener of `config` needs (password files, each once; TLS
+/// certificates, keys and CAs), without binding anything. `custom` replaces password files
+/// and `allow_anonymous`.
+pub(crate) fn prepare(
+    config: &Config,
+    custom: Option<Arc<dyn Authenticator>>,
+) -> Result<Vec<Prepared>, BrokerError> {
+    let mut password_files: HashMap<PathBuf, Arc<PasswordFile>> = HashMap::new();
+    let mut prepared = Vec::new();
+    for l in config.effective_listeners() {
+        let EffectiveListener {
+            kind,
+            bind,
+            name,
+            tls,
+            allow_anonymous,
+            password_file,
+            use_identity_as_username,
+        } = l;
+        let check = match (&custom, password_file) {
+            (Some(auth), _) => Check::Custom(auth.clone()),
+            (None, Some(path)) => {
+                let file = match password_files.get(&path) {
+                    Some(file) => file.clone(),
+                    None => {
+                        let file = Arc::new(PasswordFile::load(&path)?);
+                        password_files.insert(path, file.clone());
+                        file
+                    }
+                };
+                Check::PasswordFile(file)
+            }
+            (None, None) => Check::Open,
+        };
+        let tls = match tls {
+            Some(files) => Some(Arc::new(TlsState::load(files)?)),
+            None => None,
+        };
+        prepared.push(Prepared {
+            bind,
+            name,
+            kind,
+            allow_anonymous,
+            use_identity_as_username,
+            check,
+            tls,
+        });
+    }
+    Ok(prepared)
+}
+
+/// Accepts connections until shutdown; each runs on its own task (TLS handshake included).
+pub(crate) async fn accept_loop(
+    shared: Arc<Shared>,
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    tls: Option<Arc<TlsState>>,
+    limit: Arc<Semaphore>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            r = socket.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, listener = %listener.info.name, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(%peer, max = shared.config.max_connections, "connection limit reached, refusing");
+            continue;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let conn_shared = shared.clone();
+        let listener = listener.clone();
+        let tls = tls.clone();
+        shared.tracker.spawn(async move {
+            match tls {
+                None => {
+                    let ctx = ConnContext {
+                        listener,
+                        certificate: None,
+                    };
+                    crate::connection::serve(conn_shared, stream, peer, ctx).await;
+                }
+                Some(tls) => serve_tls(conn_shared, stream, peer, listener, &tls).await,
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Runs the TLS handshake (bounded by the connect timeout), then serves the connection.
+async fn serve_tls(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    tls: &TlsState,
+) {
+    let span = info_span!("tls", %peer, listener = %listener.info.name);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+    let handshake = tokio::time::timeout(shared.config.connect_timeout(), acceptor.accept(stream));
+    let result = tokio::select! {
+        r = handshake.instrument(span.clone()) => r,
+        _ = shared.shutdown.cancelled() => return,
+    };
+    let stream = match result {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            span.in_scope(|| info!(error = %e, "TLS handshake failed"));
+            return;
+        }
+        Err(_) => {
+            span.in_scope(|| debug!("no TLS handshake within the connect timeout"));
+            return;
+        }
+    };
+    let certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| ClientCertificate::from_der(cert.as_ref()));
+    if let Some(cert) = &certificate {
+        span.in_scope(|| debug!(identity = ?cert.identity(), "client certificate verified"));
+    }
+    let ctx = ConnContext {
+        listener,
+        certificate,
+    };
+    crate::connection::serve(shared, stream, peer, ctx).await;
+}
