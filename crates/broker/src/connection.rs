@@ -14,8 +14,8 @@ use sagitta_proto::session::{
 };
 use sagitta_proto::{
     ConnAck, Connect, DecodeError, Disconnect, MqttStr, Packet, ProtocolVersion, PubResponse,
-    Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
-    decode,
+    Publish, PublishProperties, PublishRef, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    TopicName, UnsubAck, Unsubscribe, Will, decode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedMutexGuard;
@@ -79,6 +79,9 @@ where
     .instrument(span)
     .await
 }
+
+/// The topic of a 5.0 PUBLISH that uses an established topic alias.
+static EMPTY_TOPIC: TopicName = TopicName::empty();
 
 /// The socket and its buffers.
 struct Io<S> {
@@ -620,11 +623,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
         let mut matched = 0;
         if deliver {
-            let now = Instant::now();
             let mut properties = p.properties;
             properties.topic_alias = None;
             let msg = Message {
-                expires_at: Message::expiry_from_interval(properties.message_expiry_interval, now),
+                expires_at: Message::expiry_from_interval(properties.message_expiry_interval),
                 topic,
                 payload: p.payload,
                 qos: p.qos,
@@ -802,11 +804,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             Metrics::add(&self.shared.metrics.dropped_expired, 1);
             return;
         }
-        let mut publish = self.build_publish(&d, now);
+        let v5 = self.version.is_v5();
+        // The message's own properties serve every 5.0 subscriber as they are, unless this
+        // delivery adds Subscription Identifiers, a remaining expiry or a topic alias.
+        let mut own_props = (v5 && (!d.sub_ids.is_empty() || d.msg.expires_at.is_some()))
+            .then(|| self.delivery_properties(&d, now));
         let placeholder = (d.qos != QoS::AtMostOnce).then_some(std::num::NonZeroU16::MIN);
-        publish.packet_id = placeholder;
-        let mut packet = Packet::Publish(publish);
-        let Ok(len) = packet.encoded_len(self.version) else {
+        let view = PublishRef {
+            dup: false,
+            qos: d.qos,
+            retain: d.retain,
+            topic: &d.msg.topic,
+            packet_id: placeholder,
+            payload: &d.msg.payload,
+            properties: own_props.as_ref().unwrap_or(&d.msg.properties),
+        };
+        let Ok(len) = view.encoded_len(self.version) else {
             return;
         };
         // Never send a packet larger than the client accepts [MQTT-3.1.2-24]: drop it.
@@ -814,29 +827,65 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             Metrics::add(&self.shared.metrics.dropped_too_large, 1);
             return;
         }
-        if let Packet::Publish(p) = &mut packet {
-            if self.version.is_v5() && len + 3 <= self.client_max_packet {
-                match self.out_aliases.assign(&p.topic) {
-                    OutboundAlias::None => {}
-                    OutboundAlias::Set(alias) => p.properties.topic_alias = Some(alias),
-                    OutboundAlias::Use(alias) => {
-                        p.properties.topic_alias = Some(alias);
-                        p.topic = sagitta_proto::TopicName::empty();
-                    }
+        let mut alias_only = false;
+        if v5 && len + 3 <= self.client_max_packet {
+            let alias = match self.out_aliases.assign(&d.msg.topic) {
+                OutboundAlias::None => None,
+                OutboundAlias::Set(alias) => Some(alias),
+                OutboundAlias::Use(alias) => {
+                    alias_only = true;
+                    Some(alias)
                 }
-            }
-            if d.qos != QoS::AtMostOnce {
-                match self.state.outbound.insert(d.qos, d) {
-                    Ok(id) => p.packet_id = Some(id),
-                    Err(e) => {
-                        warn!(error = %e, "in-flight window refused a message taken for it");
-                        return;
-                    }
-                }
+            };
+            if alias.is_some() {
+                own_props
+                    .get_or_insert_with(|| d.msg.properties.clone())
+                    .topic_alias = alias;
             }
         }
-        self.send(packet);
+        let (d, packet_id) = if d.qos == QoS::AtMostOnce {
+            (&d, None)
+        } else {
+            let qos = d.qos;
+            let id = match self.state.outbound.insert(qos, d) {
+                Ok(id) => id,
+                Err(e) => {
+                    warn!(error = %e, "in-flight window refused a message taken for it");
+                    return;
+                }
+            };
+            match self.state.outbound.last() {
+                Some(d) => (d, Some(id)),
+                None => return,
+            }
+        };
+        let view = PublishRef {
+            dup: false,
+            qos: d.qos,
+            retain: d.retain,
+            topic: if alias_only {
+                &EMPTY_TOPIC
+            } else {
+                &d.msg.topic
+            },
+            packet_id,
+            payload: &d.msg.payload,
+            properties: own_props.as_ref().unwrap_or(&d.msg.properties),
+        };
+        if let Err(e) = view.encode(self.version, &mut self.io.wbuf) {
+            warn!(error = %e, "cannot encode PUBLISH");
+            return;
+        }
         self.sent += 1;
+    }
+
+    /// The 5.0 properties of one delivery: the message's, with this subscriber's
+    /// Subscription Identifiers and the expiry interval left at `now`.
+    fn delivery_properties(&self, d: &Delivery, now: Instant) -> PublishProperties {
+        let mut properties = d.msg.properties.clone();
+        properties.subscription_identifiers = d.sub_ids.clone();
+        properties.message_expiry_interval = d.msg.remaining_expiry(now);
+        properties
     }
 
     /// The PUBLISH for a delivery, without packet id.
@@ -845,9 +894,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         publish.qos = d.qos;
         publish.retain = d.retain;
         if self.version.is_v5() {
-            publish.properties = d.msg.properties.clone();
-            publish.properties.subscription_identifiers = d.sub_ids.clone();
-            publish.properties.message_expiry_interval = d.msg.remaining_expiry(now);
+            publish.properties = self.delivery_properties(d, now);
         }
         publish
     }
@@ -923,7 +970,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             .will_delay_interval
             .unwrap_or(0)
             .min(session_expiry);
-        let now = Instant::now();
         let mut properties = sagitta_proto::PublishProperties {
             payload_format_indicator: will.properties.payload_format_indicator,
             message_expiry_interval: will.properties.message_expiry_interval,
@@ -934,7 +980,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         };
         properties.user_properties = will.properties.user_properties;
         let msg = Message {
-            expires_at: Message::expiry_from_interval(properties.message_expiry_interval, now),
+            expires_at: Message::expiry_from_interval(properties.message_expiry_interval),
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,

@@ -2,13 +2,12 @@
 //! shared-subscription groups. Publishers match against it from their own tasks under a read
 //! lock; only SUBSCRIBE and UNSUBSCRIBE take the write lock.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sagitta_proto::{QoS, SubscriptionId, SubscriptionOptions, TopicFilter};
 
-use crate::message::ClientId;
+use crate::message::{ClientId, FastMap};
 use crate::session::SessionEntry;
 
 /// A subscription as the router keeps it.
@@ -26,9 +25,9 @@ struct Group {
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
-    subs: HashMap<ClientId, Sub>,
-    groups: HashMap<Box<str>, Group>,
+    children: FastMap<Box<str>, Node>,
+    subs: FastMap<ClientId, Sub>,
+    groups: FastMap<Box<str>, Group>,
 }
 
 impl Node {
@@ -212,8 +211,9 @@ fn collect(
         }
         return;
     };
-    let (level, next) = match rest.split_once('/') {
-        Some((l, n)) => (l, Some(n)),
+    // A byte search: '/' is ASCII, so both halves stay valid UTF-8.
+    let (level, next) = match rest.bytes().position(|b| b == b'/') {
+        Some(i) => (&rest[..i], rest.get(i + 1..)),
         None => (rest, None),
     };
     if let Some(child) = node.children.get(level) {
