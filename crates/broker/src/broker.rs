@@ -312,11 +312,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, limit: Arc<Sema
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let conn_shared = shared.clone();
-        shared.tracker.spawn(async move {
-            crate::connection::serve(conn_shared, stream, peer).await;
-            drop(permit);
-        });
+        shared.tracker.spawn(crate::connection::serve(
+            shared.clone(),
+            stream,
+            peer,
+            permit,
+        ));
     }
 }
 
