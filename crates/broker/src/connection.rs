@@ -711,7 +711,7 @@ impl<S: Transport> Conn<S> {
                 payload: p.payload,
                 qos: p.qos,
                 retain: p.retain,
-                properties,
+                properties: Message::boxed_properties(properties),
                 origin: Some(self.client_id.clone()),
             };
             let mut targets = TARGETS.take();
@@ -899,7 +899,7 @@ impl<S: Transport> Conn<S> {
             topic: &d.msg.topic,
             packet_id: placeholder,
             payload: &d.msg.payload,
-            properties: own_props.as_ref().unwrap_or(&d.msg.properties),
+            properties: own_props.as_ref().unwrap_or(d.msg.properties()),
         };
         let Ok(len) = view.encoded_len(self.version) else {
             return;
@@ -925,7 +925,7 @@ impl<S: Transport> Conn<S> {
             };
             if alias.is_some() {
                 own_props
-                    .get_or_insert_with(|| d.msg.properties.clone())
+                    .get_or_insert_with(|| d.msg.properties().clone())
                     .topic_alias = alias;
             }
         }
@@ -956,7 +956,7 @@ impl<S: Transport> Conn<S> {
             },
             packet_id,
             payload: &d.msg.payload,
-            properties: own_props.as_ref().unwrap_or(&d.msg.properties),
+            properties: own_props.as_ref().unwrap_or(d.msg.properties()),
         };
         if let Err(e) = view.encode(self.version, &mut self.io.wbuf) {
             warn!(client_id = &*self.client_id, error = %e, "cannot encode PUBLISH");
@@ -968,7 +968,7 @@ impl<S: Transport> Conn<S> {
     /// The 5.0 properties of one delivery: the message's, with this subscriber's
     /// Subscription Identifiers and the expiry interval left at `now`.
     fn delivery_properties(&self, d: &Delivery, now: Instant) -> PublishProperties {
-        let mut properties = d.msg.properties.clone();
+        let mut properties = d.msg.properties().clone();
         properties.subscription_identifiers = d.sub_ids.clone();
         properties.message_expiry_interval = d.msg.remaining_expiry(now);
         properties
@@ -1071,7 +1071,7 @@ impl<S: Transport> Conn<S> {
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            properties,
+            properties: Message::boxed_properties(properties),
             origin: Some(self.client_id.clone()),
         };
         if delay == 0 {

@@ -233,6 +233,17 @@ impl<T> OutboundWindow<T> {
     }
 
     fn position(&self, id: PacketId) -> Result<usize, FlowError> {
+        // Ids are mostly consecutive in send order, so the id's distance from the oldest one
+        // is usually its index: acknowledgements in order (and QoS 2 windows holding messages
+        // awaiting PUBCOMP) then need no scan.
+        if let Some(oldest) = self.slots.front() {
+            let guess = (i32::from(id.get()) - i32::from(oldest.id.get())).rem_euclid(65_535);
+            if let Ok(i) = usize::try_from(guess) {
+                if self.slots.get(i).is_some_and(|s| s.id == id) {
+                    return Ok(i);
+                }
+            }
+        }
         self.slots
             .iter()
             .position(|s| s.id == id)
@@ -304,10 +315,33 @@ pub enum Qos2Publish {
     Duplicate,
 }
 
+/// Hashes a packet id by one multiplication (Fibonacci hashing): ids are small integers, at
+/// most a Receive Maximum of them are tracked, and SipHash costs more than the set work.
+#[derive(Debug, Clone, Copy, Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.0 = u64::from(n);
+    }
+}
+
+type IdHasherBuilder = std::hash::BuildHasherDefault<IdHasher>;
+
 /// Incoming QoS 2 packet ids between PUBLISH and PUBREL.
 #[derive(Debug, Clone, Default)]
 pub struct InboundQos2 {
-    pending: HashSet<u16>,
+    pending: HashSet<u16, IdHasherBuilder>,
 }
 
 impl InboundQos2 {
@@ -546,6 +580,30 @@ mod tests {
         assert_eq!(w.insert(QoS::AtLeastOnce, 9).unwrap(), pid(u16::MAX));
         assert_eq!(w.insert(QoS::AtLeastOnce, 10).unwrap(), pid(2));
         assert_eq!(w.insert(QoS::AtLeastOnce, 11).unwrap(), pid(6));
+    }
+
+    #[test]
+    fn acknowledgements_in_any_order_find_their_message() {
+        let mut w = OutboundWindow::new(100);
+        // Start near the end of the id range so that the window wraps.
+        w.jump_to(65_530);
+        let ids: Vec<_> = (0..12u32)
+            .map(|i| w.insert(QoS::ExactlyOnce, i).unwrap())
+            .collect();
+        assert_eq!(ids[5], pid(65_535));
+        assert_eq!(ids[6], pid(1));
+        for &i in &[3usize, 0, 11, 6, 5, 7] {
+            assert_eq!(
+                w.pubrec(ids[i], ReasonCode::Success),
+                Ok(PubRecOutcome::SendPubRel(ids[i]))
+            );
+        }
+        for &i in &[5usize, 3, 11, 0, 6, 7] {
+            assert_eq!(w.pubcomp(ids[i]), Ok(u32::try_from(i).unwrap()));
+        }
+        assert_eq!(w.pubcomp(ids[5]), Err(FlowError::UnknownPacketId(65_535)));
+        let left: Vec<_> = w.resend().map(|(_, _, i)| *i).collect();
+        assert_eq!(left, [1, 2, 4, 8, 9, 10]);
     }
 
     #[test]
