@@ -28,6 +28,8 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod broker;
 pub mod config;
 mod connection;
