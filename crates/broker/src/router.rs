@@ -123,6 +123,7 @@ impl Router {
         };
         if !existed {
             self.count.fetch_add(1, Ordering::Relaxed);
+            session.routes.fetch_add(1, Ordering::Relaxed);
         }
         then(existed)
     }
@@ -161,8 +162,10 @@ impl Router {
         let mut shared = Vec::new();
         let system = topic.starts_with('$');
         collect(&root, Some(topic), system, origin, out, &mut shared);
-        drop(root);
+        // Under the lock: the subscription counts `merge` relies on change only under the
+        // write lock.
         merge(out);
+        drop(root);
         out.append(&mut shared);
     }
 }
@@ -170,13 +173,25 @@ impl Router {
 fn remove(node: &mut Node, levels: &[&str], client_id: &str, group: Option<&str>) -> bool {
     let Some((first, rest)) = levels.split_first() else {
         return match group {
-            None => node.subs.remove(client_id).is_some(),
+            None => match node.subs.remove(client_id) {
+                Some(sub) => {
+                    sub.session.routes.fetch_sub(1, Ordering::Relaxed);
+                    true
+                }
+                None => false,
+            },
             Some(g) => {
                 let Some(grp) = node.groups.get_mut(g) else {
                     return false;
                 };
                 let before = grp.members.len();
-                grp.members.retain(|m| &*m.session.client_id != client_id);
+                grp.members.retain(|m| {
+                    let keep = &*m.session.client_id != client_id;
+                    if !keep {
+                        m.session.routes.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    keep
+                });
                 let removed = grp.members.len() != before;
                 if grp.members.is_empty() {
                     node.groups.remove(g);
@@ -260,7 +275,12 @@ fn pick(group: &Group) -> Option<&Sub> {
 
 /// Merges targets of the same session (overlapping subscriptions).
 fn merge(out: &mut Vec<Target>) {
-    if out.len() < 2 {
+    // A session with a single subscription cannot be matched twice.
+    if out.len() < 2
+        || out
+            .iter()
+            .all(|t| t.session.routes.load(Ordering::Relaxed) <= 1)
+    {
         return;
     }
     out.sort_unstable_by_key(|t| Arc::as_ptr(&t.session) as usize);

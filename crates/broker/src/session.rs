@@ -67,6 +67,9 @@ pub(crate) struct SessionEntry {
     mailbox: Mutex<Mailbox>,
     notify: Notify,
     connected: AtomicBool,
+    /// Subscriptions of this session in the router (kept by the router): with at most one,
+    /// a message cannot match the session twice and routing skips merging its targets.
+    pub(crate) routes: std::sync::atomic::AtomicU32,
     /// Incremented each time a connection claims the session; timers (expiry, delayed will)
     /// compare it to know whether the client came back.
     generation: AtomicU64,
@@ -86,6 +89,7 @@ impl SessionEntry {
             }),
             notify: Notify::new(),
             connected: AtomicBool::new(false),
+            routes: std::sync::atomic::AtomicU32::new(0),
             generation: AtomicU64::new(0),
             state: Arc::new(tokio::sync::Mutex::new(SessionState::default())),
             owner: Mutex::new(None),
@@ -115,14 +119,19 @@ impl SessionEntry {
         if !connected && delivery.qos == QoS::AtMostOnce && !queue_qos0_offline {
             return Enqueued::DroppedOffline;
         }
-        {
+        let was_empty = {
             let mut mb = self.mailbox();
             if mb.queue.len() >= mb.limit {
                 return Enqueued::DroppedQueueFull;
             }
+            let was_empty = mb.queue.is_empty();
             mb.queue.push_back(delivery);
-        }
-        if connected {
+            was_empty
+        };
+        // Only the first message into an empty mailbox wakes the connection: while messages
+        // wait, it has been woken already, or it left them for lack of window space and
+        // pulls again on the next acknowledgement (or it woke itself; see `Conn::pull`).
+        if connected && was_empty {
             self.notify.notify_one();
         }
         Enqueued::Queued
