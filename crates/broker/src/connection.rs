@@ -14,14 +14,13 @@ use sagitta_proto::session::{
 };
 use sagitta_proto::{
     ConnAck, Connect, DecodeError, Disconnect, MqttStr, Packet, ProtocolVersion, PubResponse,
-    Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
-    decode,
+    Publish, PublishProperties, PublishRef, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    TopicName, UnsubAck, Unsubscribe, Will, decode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit};
 use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::auth::ConnectInfo;
 use crate::broker::Shared;
@@ -29,7 +28,7 @@ use crate::listener::ConnContext;
 use crate::message::{ClientId, Delivery, Message};
 use crate::metrics::Metrics;
 use crate::router::Target;
-use crate::session::{NEVER_EXPIRES, SessionEntry, SessionState};
+use crate::session::{Kick, NEVER_EXPIRES, SessionEntry, SessionState};
 
 /// Bytes reserved for a socket read at first; an idle connection keeps no more than this.
 const READ_MIN: usize = 256;
@@ -58,32 +57,103 @@ enum Close {
 }
 
 /// Serves one accepted socket until it closes.
-pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr, ctx: ConnContext)
+///
+/// Each phase (CONNECT and handshake, the session, the goodbye) runs as a future of its own on
+/// the heap, so that an idle connection keeps only its session phase's state: an async fn's
+/// future is as large as its largest state, for its whole life.
+pub(crate) fn serve<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    ctx: ConnContext,
+    slot: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Transport,
 {
-    let span = info_span!("conn", %peer, client_id = tracing::field::Empty);
+    // A debug-level span: at the default level it costs nothing per connection (a span
+    // with its formatted fields takes ~400 bytes), so the lines logged at info and above
+    // name the client themselves.
+    let span = debug_span!("conn", %peer, client_id = tracing::field::Empty);
+    let opening = Box::pin(open(shared, stream, peer, ctx, slot));
     async move {
-        let mut io = Io {
-            stream,
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            read_chunk: READ_MIN,
-            bytes_in: 0,
-            bytes_out: 0,
-        };
-        let Some(connect) = read_connect(&shared, &mut io).await else {
+        let Some(mut conn) = opening.await else {
             return;
         };
-        handshake(shared, io, connect, peer, ctx).await;
+        let close = Box::pin(conn.run()).await;
+        Box::pin(conn.finish(close)).await;
     }
     .instrument(span)
-    .await
+}
+
+/// Reads CONNECT and answers it: the connection, ready to run, or `None`.
+async fn open<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    ctx: ConnContext,
+    slot: OwnedSemaphorePermit,
+) -> Option<Box<Conn<S>>>
+where
+    S: Transport,
+{
+    let mut io = Io {
+        stream,
+        _slot: slot,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        read_chunk: READ_MIN,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    let connect = read_connect(&shared, &mut io).await?;
+    handshake(shared, io, connect, peer, ctx)
+        .await
+        .map(Box::new)
+}
+
+thread_local! {
+    /// Scratch space of the publish path, per worker thread rather than per connection: a
+    /// connection uses it only between two awaits, and idle connections then carry none.
+    static TARGETS: std::cell::Cell<Vec<Target>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Scratch space for messages taken from a mailbox; see [`TARGETS`].
+    static BATCH_SCRATCH: std::cell::Cell<Vec<Delivery>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The topic of a 5.0 PUBLISH that uses an established topic alias.
+static EMPTY_TOPIC: TopicName = TopicName::empty();
+
+/// A byte stream the broker serves MQTT over.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Ready when the stream may have bytes to read, so that a quiet connection can wait
+    /// without holding a read buffer. The default is ready at once (the read then waits,
+    /// with its buffer), for streams that cannot tell, such as TLS with buffered plaintext.
+    /// A poll function rather than an async one: the waiting future stays one pointer wide.
+    fn poll_readable(
+        &self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// TLS may hold decrypted bytes that the socket's readiness does not show: read at once.
+impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
+
+impl Transport for tokio::net::TcpStream {
+    fn poll_readable(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
 }
 
 /// The socket and its buffers.
 struct Io<S> {
     stream: S,
+    /// This connection's place under `max_connections`, given back when the socket closes.
+    _slot: OwnedSemaphorePermit,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// How much to reserve for the next read: grows while reads fill it, shrinks when idle.
@@ -92,10 +162,16 @@ struct Io<S> {
     bytes_out: u64,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
+impl<S: Transport> Io<S> {
     async fn read(&mut self) -> std::io::Result<usize> {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * self.read_chunk {
-            // Give back a large buffer once it is drained, so idle connections stay small.
+        if self.rbuf.is_empty() && self.read_chunk == READ_MIN {
+            // A quiet connection: give the buffer back and wait for bytes without one, so an
+            // idle client costs no read buffer at all.
+            self.rbuf = BytesMut::new();
+            let stream = &mut self.stream;
+            std::future::poll_fn(move |cx| stream.poll_readable(cx)).await?;
+        } else if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * self.read_chunk {
+            // Give back a large buffer once it is drained.
             self.rbuf = BytesMut::new();
         }
         if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 2 {
@@ -121,7 +197,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             self.stream.flush().await?;
             self.bytes_out += self.wbuf.len() as u64;
             self.wbuf.clear();
-            if self.wbuf.capacity() > 2 * WRITE_HIGH_WATER {
+            // Give back a large buffer, and a small one on a quiet connection: an idle
+            // client then holds no write buffer (its last write was CONNACK or a PINGRESP).
+            let quiet = self.read_chunk == READ_MIN && self.wbuf.capacity() <= 1024;
+            if quiet || self.wbuf.capacity() > 2 * WRITE_HIGH_WATER {
                 self.wbuf = BytesMut::new();
             }
         }
@@ -136,10 +215,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
 }
 
 /// Reads the first packet, which must be CONNECT, within the connect timeout.
-async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
-    shared: &Shared,
-    io: &mut Io<S>,
-) -> Option<Box<Connect>> {
+async fn read_connect<S: Transport>(shared: &Shared, io: &mut Io<S>) -> Option<Box<Connect>> {
     let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
     let max = shared.config.max_packet_size as usize;
     loop {
@@ -173,10 +249,7 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
 /// Answers a CONNECT that could not be decoded: an unsupported protocol level gets CONNACK
 /// 0x01 (3.x format, which every version can read) [MQTT-3.1.2-2]; a 5.0 CONNECT gets a 5.0
 /// CONNACK with the reason; anything else is closed without an answer.
-async fn refuse_malformed_connect<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut Io<S>,
-    error: &DecodeError,
-) {
+async fn refuse_malformed_connect<S: Transport>(io: &mut Io<S>, error: &DecodeError) {
     debug!(error = %error, "bad CONNECT");
     let (version, reason) = match error {
         DecodeError::UnsupportedProtocolVersion(_) => (
@@ -198,15 +271,17 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
     buf.get(header_len + 2 + usize::from(name_len)).copied()
 }
 
-/// Checks CONNECT, claims the session, sends CONNACK and runs the connection.
+/// Checks CONNECT, claims the session and sends CONNACK: the connection, ready to run, or
+/// `None` if it was refused.
 async fn handshake<S>(
     shared: Arc<Shared>,
     mut io: Io<S>,
     connect: Box<Connect>,
     peer: SocketAddr,
     ctx: ConnContext,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+) -> Option<Conn<S>>
+where
+    S: Transport,
 {
     let version = connect.protocol;
     let v5 = version.is_v5();
@@ -224,7 +299,7 @@ async fn handshake<S>(
         if !allowed {
             refuse(&mut io, ReasonCode::ClientIdentifierNotValid);
             let _ = io.flush().await;
-            return;
+            return None;
         }
         let id = format!(
             "sagitta-{:x}-{:x}",
@@ -242,7 +317,7 @@ async fn handshake<S>(
     if v5 && connect.properties.authentication_method.is_some() {
         refuse(&mut io, ReasonCode::BadAuthenticationMethod);
         let _ = io.flush().await;
-        return;
+        return None;
     }
     let info = ConnectInfo {
         client_id: &client_id,
@@ -254,21 +329,21 @@ async fn handshake<S>(
         certificate: ctx.certificate(),
     };
     if let Err(reason) = ctx.authenticate(&info) {
-        info!(reason = %reason, "connection refused");
+        info!(%peer, client_id = &*client_id, reason = %reason, "connection refused");
         refuse(&mut io, reason);
         let _ = io.flush().await;
-        return;
+        return None;
     }
     if let Some(will) = &connect.will {
         if will.qos as u8 > shared.config.maximum_qos {
             refuse(&mut io, ReasonCode::QoSNotSupported);
             let _ = io.flush().await;
-            return;
+            return None;
         }
         if will.retain && !shared.config.retain_available {
             refuse(&mut io, ReasonCode::RetainNotSupported);
             let _ = io.flush().await;
-            return;
+            return None;
         }
     }
 
@@ -296,7 +371,7 @@ async fn handshake<S>(
 
     // Claim the session; a connection holding it is told to let go, and we wait for it.
     let conn_id = shared.next_conn_id();
-    let kick = CancellationToken::new();
+    let kick = Arc::new(Kick::default());
     let (entry, generation) = shared.sessions.claim(
         &client_id,
         conn_id,
@@ -307,13 +382,13 @@ async fn handshake<S>(
         s = entry.state.clone().lock_owned() => s,
         _ = shared.shutdown.cancelled() => {
             shared.sessions.release(&entry, conn_id, false);
-            return;
+            return None;
         }
     };
-    if kick.is_cancelled() {
+    if kick.is_kicked() {
         // Yet another connection with this id came in meanwhile: it wins.
         shared.sessions.release(&entry, conn_id, false);
-        return;
+        return None;
     }
     let session_present = if connect.clean_start || !state.exists {
         shared.clear_session(&entry, &mut state);
@@ -354,7 +429,7 @@ async fn handshake<S>(
     io.send(&Packet::ConnAck(ack), version);
     entry.set_connected(true);
     shared.metrics.client_connected();
-    info!(protocol = %version, keep_alive, clean_start = connect.clean_start, session_present, "client connected");
+    info!(%peer, client_id = &*client_id, protocol = %version, keep_alive, clean_start = connect.clean_start, session_present, "client connected");
 
     let client_max_packet = connect
         .properties
@@ -383,23 +458,21 @@ async fn handshake<S>(
                 .unwrap_or_else(Instant::now)
                 .into(),
         )),
-        will,
+        will: will.map(Box::new),
         client_max_packet,
         problem_info,
-        in_aliases: InboundAliases::new(if v5 {
+        in_alias_max: if v5 {
             shared.config.topic_alias_maximum
         } else {
             0
-        }),
-        out_aliases: OutboundAliases::new(alias_max),
-        targets: Vec::new(),
-        batch: Vec::new(),
+        },
+        in_aliases: None,
+        out_aliases: (alias_max > 0).then(|| Box::new(OutboundAliases::new(alias_max))),
         received: 0,
         sent: 0,
     };
     conn.resend_inflight();
-    let close = conn.run().await;
-    conn.finish(close).await;
+    Some(conn)
 }
 
 struct Conn<S> {
@@ -411,24 +484,28 @@ struct Conn<S> {
     state: OwnedMutexGuard<SessionState>,
     generation: u64,
     conn_id: u64,
-    kick: CancellationToken,
+    kick: Arc<Kick>,
     keep_alive: u16,
     last_rx: Instant,
     /// Fires at the keep-alive deadline (or later; see `run`).
     ka_timer: Pin<Box<Sleep>>,
-    will: Option<Will>,
+    /// Boxed: most clients have none, and it is large.
+    will: Option<Box<Will>>,
     client_max_packet: usize,
     /// 5.0 Request Problem Information: Reason Strings allowed on acknowledgements.
     problem_info: bool,
-    in_aliases: InboundAliases,
-    out_aliases: OutboundAliases,
-    targets: Vec<Target>,
-    batch: Vec<Delivery>,
+    /// Topic Alias Maximum announced to the client (0 for 3.x).
+    in_alias_max: u16,
+    /// Made when the client first uses a topic alias.
+    in_aliases: Option<Box<InboundAliases>>,
+    /// Only when the client accepts topic aliases.
+    out_aliases: Option<Box<OutboundAliases>>,
     received: u64,
     sent: u64,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+impl<S: Transport> Conn<S> {
+    /// Serves the client until the connection ends.
     async fn run(&mut self) -> Close {
         // Packets that arrived together with CONNECT.
         if let Some(close) = self.handle_input() {
@@ -440,7 +517,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             if !self.io.wbuf.is_empty() {
                 let flushed = tokio::select! {
                     r = self.io.flush() => r,
-                    _ = self.kick.cancelled() => return self.taken_over().await,
+                    _ = self.kick.kicked() => return self.taken_over().await,
                     _ = self.shared.shutdown.cancelled() => return Close::Shutdown,
                 };
                 if let Err(e) = flushed {
@@ -451,7 +528,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => return Close::Shutdown,
-                _ = self.kick.cancelled() => return self.taken_over().await,
+                _ = self.kick.kicked() => return self.taken_over().await,
                 r = self.io.read() => match r {
                     Ok(0) => return Close::Network,
                     Err(e) => {
@@ -591,13 +668,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 "Subscription Identifier in a client PUBLISH [MQTT-3.3.4-6]".into(),
             ));
         }
-        let topic = match self.in_aliases.resolve(&p.topic, p.properties.topic_alias) {
-            Ok(t) => t,
-            Err(e) => {
-                return Some(Close::Protocol(
-                    ReasonCode::TopicAliasInvalid,
-                    e.to_string(),
-                ));
+        let topic = match p.properties.topic_alias {
+            None => p.topic,
+            alias @ Some(_) => {
+                let max = self.in_alias_max;
+                let aliases = self
+                    .in_aliases
+                    .get_or_insert_with(|| Box::new(InboundAliases::new(max)));
+                match aliases.resolve(&p.topic, alias) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return Some(Close::Protocol(
+                            ReasonCode::TopicAliasInvalid,
+                            e.to_string(),
+                        ));
+                    }
+                }
             }
         };
         // The response to QoS 1/2, and whether the message goes on.
@@ -630,19 +716,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
         let mut matched = 0;
         if deliver {
-            let now = Instant::now();
             let mut properties = p.properties;
             properties.topic_alias = None;
             let msg = Message {
-                expires_at: Message::expiry_from_interval(properties.message_expiry_interval, now),
+                expires_at: Message::expiry_from_interval(properties.message_expiry_interval),
                 topic,
                 payload: p.payload,
                 qos: p.qos,
                 retain: p.retain,
-                properties,
+                properties: Message::boxed_properties(properties),
                 origin: Some(self.client_id.clone()),
             };
-            matched = self.shared.publish(Arc::new(msg), &mut self.targets);
+            let mut targets = TARGETS.take();
+            matched = self.shared.publish(Arc::new(msg), &mut targets);
+            TARGETS.set(targets);
         }
         if v5 && reason == ReasonCode::Success && deliver && matched == 0 {
             reason = ReasonCode::NoMatchingSubscribers;
@@ -787,7 +874,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     /// in-flight window and the output high-water mark allow.
     fn pull(&mut self) {
         let now = Instant::now();
-        let mut batch = std::mem::take(&mut self.batch);
+        let mut batch = BATCH_SCRATCH.take();
         while self.io.wbuf.len() < WRITE_HIGH_WATER {
             let space = self.state.outbound.space();
             batch.clear();
@@ -799,7 +886,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 self.deliver(d, now);
             }
         }
-        self.batch = batch;
+        BATCH_SCRATCH.set(batch);
         if self.io.wbuf.len() >= WRITE_HIGH_WATER {
             // Stopped for the output buffer, maybe with messages left: the wake-up for them
             // has been used already, so make sure the loop comes back after the flush.
@@ -812,11 +899,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             Metrics::add(&self.shared.metrics.dropped_expired, 1);
             return;
         }
-        let mut publish = self.build_publish(&d, now);
+        let v5 = self.version.is_v5();
+        // The message's own properties serve every 5.0 subscriber as they are, unless this
+        // delivery adds Subscription Identifiers, a remaining expiry or a topic alias.
+        let mut own_props = (v5 && (!d.sub_ids.is_empty() || d.msg.expires_at.is_some()))
+            .then(|| self.delivery_properties(&d, now));
         let placeholder = (d.qos != QoS::AtMostOnce).then_some(std::num::NonZeroU16::MIN);
-        publish.packet_id = placeholder;
-        let mut packet = Packet::Publish(publish);
-        let Ok(len) = packet.encoded_len(self.version) else {
+        let view = PublishRef {
+            dup: false,
+            qos: d.qos,
+            retain: d.retain,
+            topic: &d.msg.topic,
+            packet_id: placeholder,
+            payload: &d.msg.payload,
+            properties: own_props.as_ref().unwrap_or(d.msg.properties()),
+        };
+        let Ok(len) = view.encoded_len(self.version) else {
             return;
         };
         // Never send a packet larger than the client accepts [MQTT-3.1.2-24]: drop it.
@@ -824,29 +922,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             Metrics::add(&self.shared.metrics.dropped_too_large, 1);
             return;
         }
-        if let Packet::Publish(p) = &mut packet {
-            if self.version.is_v5() && len + 3 <= self.client_max_packet {
-                match self.out_aliases.assign(&p.topic) {
-                    OutboundAlias::None => {}
-                    OutboundAlias::Set(alias) => p.properties.topic_alias = Some(alias),
-                    OutboundAlias::Use(alias) => {
-                        p.properties.topic_alias = Some(alias);
-                        p.topic = sagitta_proto::TopicName::empty();
-                    }
+        let mut alias_only = false;
+        if let Some(out_aliases) = self
+            .out_aliases
+            .as_mut()
+            .filter(|_| v5 && len + 3 <= self.client_max_packet)
+        {
+            let alias = match out_aliases.assign(&d.msg.topic) {
+                OutboundAlias::None => None,
+                OutboundAlias::Set(alias) => Some(alias),
+                OutboundAlias::Use(alias) => {
+                    alias_only = true;
+                    Some(alias)
                 }
-            }
-            if d.qos != QoS::AtMostOnce {
-                match self.state.outbound.insert(d.qos, d) {
-                    Ok(id) => p.packet_id = Some(id),
-                    Err(e) => {
-                        warn!(error = %e, "in-flight window refused a message taken for it");
-                        return;
-                    }
-                }
+            };
+            if alias.is_some() {
+                own_props
+                    .get_or_insert_with(|| d.msg.properties().clone())
+                    .topic_alias = alias;
             }
         }
-        self.send(packet);
+        let (d, packet_id) = if d.qos == QoS::AtMostOnce {
+            (&d, None)
+        } else {
+            let qos = d.qos;
+            let id = match self.state.outbound.insert(qos, d) {
+                Ok(id) => id,
+                Err(e) => {
+                    warn!(client_id = &*self.client_id, error = %e, "in-flight window refused a message taken for it");
+                    return;
+                }
+            };
+            match self.state.outbound.last() {
+                Some(d) => (d, Some(id)),
+                None => return,
+            }
+        };
+        let view = PublishRef {
+            dup: false,
+            qos: d.qos,
+            retain: d.retain,
+            topic: if alias_only {
+                &EMPTY_TOPIC
+            } else {
+                &d.msg.topic
+            },
+            packet_id,
+            payload: &d.msg.payload,
+            properties: own_props.as_ref().unwrap_or(d.msg.properties()),
+        };
+        if let Err(e) = view.encode(self.version, &mut self.io.wbuf) {
+            warn!(client_id = &*self.client_id, error = %e, "cannot encode PUBLISH");
+            return;
+        }
         self.sent += 1;
+    }
+
+    /// The 5.0 properties of one delivery: the message's, with this subscriber's
+    /// Subscription Identifiers and the expiry interval left at `now`.
+    fn delivery_properties(&self, d: &Delivery, now: Instant) -> PublishProperties {
+        let mut properties = d.msg.properties().clone();
+        properties.subscription_identifiers = d.sub_ids.clone();
+        properties.message_expiry_interval = d.msg.remaining_expiry(now);
+        properties
     }
 
     /// The PUBLISH for a delivery, without packet id.
@@ -855,9 +993,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         publish.qos = d.qos;
         publish.retain = d.retain;
         if self.version.is_v5() {
-            publish.properties = d.msg.properties.clone();
-            publish.properties.subscription_identifiers = d.sub_ids.clone();
-            publish.properties.message_expiry_interval = d.msg.remaining_expiry(now);
+            publish.properties = self.delivery_properties(d, now);
         }
         publish
     }
@@ -876,7 +1012,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let (goodbye, send_will) = match &close {
             Close::ClientDisconnect { will } => (None, *will),
             Close::Protocol(reason, why) => {
-                info!(%reason, why, "closing connection: protocol error");
+                info!(client_id = &*self.client_id, %reason, why, "closing connection: protocol error");
                 (Some(*reason), true)
             }
             Close::Network => (None, true),
@@ -904,13 +1040,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.io.stream.shutdown()).await;
         }
         self.flush_metrics();
-        info!(reason = ?close, "client disconnected");
+        info!(client_id = &*self.client_id, reason = ?close, "client disconnected");
 
         self.entry.set_connected(false);
         self.shared.metrics.client_disconnected();
         let expiry = self.state.expiry;
         if let Some(will) = self.will.take().filter(|_| send_will) {
-            self.publish_will(will, expiry);
+            self.publish_will(*will, expiry);
         }
         let ended = expiry == 0;
         if ended {
@@ -933,7 +1069,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             .will_delay_interval
             .unwrap_or(0)
             .min(session_expiry);
-        let now = Instant::now();
         let mut properties = sagitta_proto::PublishProperties {
             payload_format_indicator: will.properties.payload_format_indicator,
             message_expiry_interval: will.properties.message_expiry_interval,
@@ -944,12 +1079,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         };
         properties.user_properties = will.properties.user_properties;
         let msg = Message {
-            expires_at: Message::expiry_from_interval(properties.message_expiry_interval, now),
+            expires_at: Message::expiry_from_interval(properties.message_expiry_interval),
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            properties,
+            properties: Message::boxed_properties(properties),
             origin: Some(self.client_id.clone()),
         };
         if delay == 0 {

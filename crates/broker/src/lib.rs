@@ -32,6 +32,8 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod broker;
 pub mod config;
 mod connection;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sagitta_proto::ReasonCode;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::auth::{Authenticator, ConnectInfo};
@@ -248,22 +248,28 @@ pub(crate) async fn accept_loop(
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let conn_shared = shared.clone();
-        let listener = listener.clone();
-        let tls = tls.clone();
-        shared.tracker.spawn(async move {
-            match tls {
-                None => {
-                    let ctx = ConnContext {
-                        listener,
-                        certificate: None,
-                    };
-                    crate::connection::serve(conn_shared, stream, peer, ctx).await;
-                }
-                Some(tls) => serve_tls(conn_shared, stream, peer, listener, &tls).await,
+        match &tls {
+            // Plain TCP: the connection's task is the small future `serve` returns.
+            None => {
+                let ctx = ConnContext {
+                    listener: listener.clone(),
+                    certificate: None,
+                };
+                shared.tracker.spawn(crate::connection::serve(
+                    shared.clone(),
+                    stream,
+                    peer,
+                    ctx,
+                    permit,
+                ));
             }
-            drop(permit);
-        });
+            Some(tls) => {
+                let (shared2, listener, tls) = (shared.clone(), listener.clone(), tls.clone());
+                shared.tracker.spawn(async move {
+                    serve_tls(shared2, stream, peer, listener, &tls, permit).await
+                });
+            }
+        }
     }
 }
 
@@ -274,6 +280,7 @@ async fn serve_tls(
     peer: SocketAddr,
     listener: Arc<Listener>,
     tls: &TlsState,
+    slot: OwnedSemaphorePermit,
 ) {
     let span = info_span!("tls", %peer, listener = %listener.info.name);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
@@ -306,5 +313,5 @@ async fn serve_tls(
         listener,
         certificate,
     };
-    crate::connection::serve(shared, stream, peer, ctx).await;
+    crate::connection::serve(shared, stream, peer, ctx, slot).await;
 }

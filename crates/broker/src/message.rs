@@ -21,8 +21,9 @@ pub struct Message {
     pub qos: QoS,
     /// RETAIN flag it was published with.
     pub retain: bool,
-    /// 5.0 properties to forward (never a Topic Alias or Subscription Identifier).
-    pub properties: PublishProperties,
+    /// 5.0 properties to forward (never a Topic Alias or Subscription Identifier); `None`
+    /// when there are none, as for all 3.x traffic, which keeps the message small.
+    pub properties: Option<Box<PublishProperties>>,
     /// The publishing client, for No Local; `None` for messages the broker makes itself.
     pub origin: Option<ClientId>,
     /// When the Message Expiry Interval runs out.
@@ -37,10 +38,24 @@ impl Message {
             payload,
             qos,
             retain,
-            properties: PublishProperties::default(),
+            properties: None,
             origin: None,
             expires_at: None,
         }
+    }
+
+    /// The 5.0 properties to forward (empty if none).
+    pub fn properties(&self) -> &PublishProperties {
+        static NONE: std::sync::LazyLock<PublishProperties> =
+            std::sync::LazyLock::new(PublishProperties::default);
+        self.properties.as_deref().unwrap_or(&NONE)
+    }
+
+    /// Boxes `properties` unless they are empty.
+    pub(crate) fn boxed_properties(
+        properties: PublishProperties,
+    ) -> Option<Box<PublishProperties>> {
+        (!properties.is_empty()).then(|| Box::new(properties))
     }
 
     /// True if the message's expiry interval has run out at `now`.
@@ -57,9 +72,9 @@ impl Message {
         })
     }
 
-    /// Sets `expires_at` from a Message Expiry Interval received at `now`.
-    pub(crate) fn expiry_from_interval(interval: Option<u32>, now: Instant) -> Option<Instant> {
-        interval.map(|s| now + Duration::from_secs(u64::from(s)))
+    /// Sets `expires_at` from a Message Expiry Interval received now.
+    pub(crate) fn expiry_from_interval(interval: Option<u32>) -> Option<Instant> {
+        interval.map(|s| Instant::now() + Duration::from_secs(u64::from(s)))
     }
 }
 
@@ -74,3 +89,8 @@ pub(crate) struct Delivery {
     /// Subscription Identifiers of the matching subscriptions (5.0).
     pub sub_ids: Vec<SubscriptionId>,
 }
+
+/// The hash map of the broker's hot paths (router, retained store, sessions): foldhash is
+/// several times faster than SipHash on short keys such as topic levels and client ids, and
+/// its per-process random seed keeps crafted collisions impractical.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -1,16 +1,15 @@
 //! Retained messages, stored in a tree by topic level so that a wildcard subscription visits
 //! only the branches its filter can match.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use crate::message::Message;
+use crate::message::{FastMap, Message};
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: FastMap<Box<str>, Node>,
     msg: Option<Arc<Message>>,
 }
 

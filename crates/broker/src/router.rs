@@ -2,13 +2,12 @@
 //! shared-subscription groups. Publishers match against it from their own tasks under a read
 //! lock; only SUBSCRIBE and UNSUBSCRIBE take the write lock.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sagitta_proto::{QoS, SubscriptionId, SubscriptionOptions, TopicFilter};
 
-use crate::message::ClientId;
+use crate::message::{ClientId, FastMap};
 use crate::session::SessionEntry;
 
 /// A subscription as the router keeps it.
@@ -26,9 +25,9 @@ struct Group {
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
-    subs: HashMap<ClientId, Sub>,
-    groups: HashMap<Box<str>, Group>,
+    children: FastMap<Box<str>, Node>,
+    subs: FastMap<ClientId, Sub>,
+    groups: FastMap<Box<str>, Group>,
 }
 
 impl Node {
@@ -124,6 +123,7 @@ impl Router {
         };
         if !existed {
             self.count.fetch_add(1, Ordering::Relaxed);
+            session.routes.fetch_add(1, Ordering::Relaxed);
         }
         then(existed)
     }
@@ -162,8 +162,10 @@ impl Router {
         let mut shared = Vec::new();
         let system = topic.starts_with('$');
         collect(&root, Some(topic), system, origin, out, &mut shared);
-        drop(root);
+        // Under the lock: the subscription counts `merge` relies on change only under the
+        // write lock.
         merge(out);
+        drop(root);
         out.append(&mut shared);
     }
 }
@@ -171,13 +173,25 @@ impl Router {
 fn remove(node: &mut Node, levels: &[&str], client_id: &str, group: Option<&str>) -> bool {
     let Some((first, rest)) = levels.split_first() else {
         return match group {
-            None => node.subs.remove(client_id).is_some(),
+            None => match node.subs.remove(client_id) {
+                Some(sub) => {
+                    sub.session.routes.fetch_sub(1, Ordering::Relaxed);
+                    true
+                }
+                None => false,
+            },
             Some(g) => {
                 let Some(grp) = node.groups.get_mut(g) else {
                     return false;
                 };
                 let before = grp.members.len();
-                grp.members.retain(|m| &*m.session.client_id != client_id);
+                grp.members.retain(|m| {
+                    let keep = &*m.session.client_id != client_id;
+                    if !keep {
+                        m.session.routes.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    keep
+                });
                 let removed = grp.members.len() != before;
                 if grp.members.is_empty() {
                     node.groups.remove(g);
@@ -212,8 +226,9 @@ fn collect(
         }
         return;
     };
-    let (level, next) = match rest.split_once('/') {
-        Some((l, n)) => (l, Some(n)),
+    // A byte search: '/' is ASCII, so both halves stay valid UTF-8.
+    let (level, next) = match rest.bytes().position(|b| b == b'/') {
+        Some(i) => (&rest[..i], rest.get(i + 1..)),
         None => (rest, None),
     };
     if let Some(child) = node.children.get(level) {
@@ -260,7 +275,12 @@ fn pick(group: &Group) -> Option<&Sub> {
 
 /// Merges targets of the same session (overlapping subscriptions).
 fn merge(out: &mut Vec<Target>) {
-    if out.len() < 2 {
+    // A session with a single subscription cannot be matched twice.
+    if out.len() < 2
+        || out
+            .iter()
+            .all(|t| t.session.routes.load(Ordering::Relaxed) <= 1)
+    {
         return;
     }
     out.sort_unstable_by_key(|t| Arc::as_ptr(&t.session) as usize);

@@ -108,6 +108,9 @@ pub fn decode(
     if buf.len() < header.packet_len() {
         return Ok(None);
     }
+    if let Some(packet) = short_ack(buf, &header)? {
+        return Ok(Some(packet));
+    }
     let mut frame = buf.split_to(header.packet_len()).freeze();
     frame.advance(header.header_len);
     if header.packet_type == PacketType::Publish {
@@ -117,6 +120,31 @@ pub fn decode(
             .map(|p| Some(Packet::Publish(p)));
     }
     decode_body(&header, frame, version).map(Some)
+}
+
+/// A PUBACK, PUBREC, PUBREL or PUBCOMP of just a packet id (every 3.x one, and 5.0 ones with
+/// Success and no properties), read in place: no shared frame is split off for four bytes.
+/// `None` for any other packet, which takes the general path.
+#[inline]
+fn short_ack(buf: &mut BytesMut, header: &FixedHeader) -> Result<Option<Packet>, DecodeError> {
+    let make: fn(PubResponse) -> Packet = match header.packet_type {
+        PacketType::PubAck => Packet::PubAck,
+        PacketType::PubRec => Packet::PubRec,
+        PacketType::PubRel => Packet::PubRel,
+        PacketType::PubComp => Packet::PubComp,
+        _ => return Ok(None),
+    };
+    if header.remaining_len != 2 {
+        return Ok(None);
+    }
+    let Some(&[hi, lo]) = buf.get(header.header_len..header.header_len + 2) else {
+        return Ok(None);
+    };
+    buf.advance(header.packet_len());
+    let id = PacketId::new(u16::from_be_bytes([hi, lo])).ok_or(DecodeError::ZeroPacketId {
+        packet: header.packet_type,
+    })?;
+    Ok(Some(make(PubResponse::new(id))))
 }
 
 /// Decodes a PUBLISH body (fixed header checked by [`parse_header`]). The topic and the

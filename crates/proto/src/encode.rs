@@ -6,8 +6,8 @@ use bytes::{BufMut, BytesMut};
 
 use crate::error::EncodeError;
 use crate::packet::{
-    Auth, ConnAck, Connect, Disconnect, Packet, PubResponse, Publish, SubAck, Subscribe, UnsubAck,
-    Unsubscribe,
+    Auth, ConnAck, Connect, Disconnect, Packet, PubResponse, PublishRef, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
 };
 use crate::reason::ReasonCode;
 use crate::string::MAX_STRING_LEN;
@@ -63,23 +63,7 @@ impl Packet {
                     2
                 }
             }
-            Packet::Publish(p) => {
-                if p.dup && p.qos == QoS::AtMostOnce {
-                    return Err(EncodeError::DupOnQoS0);
-                }
-                if p.topic.is_empty() && !(v5 && p.properties.topic_alias.is_some()) {
-                    return Err(EncodeError::EmptyTopic);
-                }
-                let mut len = 2 + p.topic.len() + p.payload.len();
-                if p.packet_id.is_some() {
-                    len += 2;
-                }
-                if v5 {
-                    plan.props = p.properties.encoded_len();
-                    len += block(plan.props);
-                }
-                len
-            }
+            Packet::Publish(p) => p.borrowed().plan(v5, &mut plan)?,
             Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
                 if v5 {
                     plan.props = r.properties.encoded_len();
@@ -184,9 +168,7 @@ impl Packet {
         let v5 = version.is_v5();
         let ty = self.packet_type();
         let flags = match self {
-            Packet::Publish(p) => {
-                (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain)
-            }
+            Packet::Publish(p) => p.borrowed().flags(),
             _ => ty.fixed_flags(),
         };
         buf.put_u8(((ty as u8) << 4) | flags);
@@ -194,7 +176,7 @@ impl Packet {
         match self {
             Packet::Connect(c) => write_connect(c, plan, buf)?,
             Packet::ConnAck(c) => write_connack(c, v5, plan, buf)?,
-            Packet::Publish(p) => write_publish(p, v5, plan, buf)?,
+            Packet::Publish(p) => p.borrowed().write_body(v5, plan, buf)?,
             Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
                 write_pub_response(r, plan, buf)?
             }
@@ -292,20 +274,70 @@ fn write_connack(c: &ConnAck, v5: bool, plan: Plan, buf: &mut BytesMut) -> Resul
     }
 }
 
-fn write_publish(p: &Publish, v5: bool, plan: Plan, buf: &mut BytesMut) -> Result<(), EncodeError> {
-    match (p.qos, p.packet_id) {
-        (QoS::AtMostOnce, None) => put_str(buf, &p.topic),
-        (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) => {
-            put_str(buf, &p.topic);
-            buf.put_u16(id.get());
+impl PublishRef<'_> {
+    /// Total encoded size for `version` (fixed header included).
+    pub fn encoded_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        let remaining = self.plan(version.is_v5(), &mut Plan::default())?;
+        Ok(1 + var_int_len(remaining) + remaining)
+    }
+
+    /// Appends the encoding for `version` to `buf`, which is left as it was on error.
+    pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        let v5 = version.is_v5();
+        let mut plan = Plan::default();
+        plan.remaining = self.plan(v5, &mut plan)?;
+        let start = buf.len();
+        buf.reserve(1 + var_int_len(plan.remaining) + plan.remaining);
+        buf.put_u8(((PacketType::Publish as u8) << 4) | self.flags());
+        put_var_int(buf, plan.remaining);
+        let result = self.write_body(v5, plan, buf);
+        if result.is_err() {
+            buf.truncate(start);
         }
-        _ => return Err(EncodeError::PacketIdMismatch),
+        result
     }
-    if v5 {
-        p.properties.encode(plan.props, buf)?;
+
+    fn flags(&self) -> u8 {
+        (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain)
     }
-    buf.put_slice(&p.payload);
-    Ok(())
+
+    /// The remaining length; sets `plan.props`.
+    fn plan(&self, v5: bool, plan: &mut Plan) -> Result<usize, EncodeError> {
+        if self.dup && self.qos == QoS::AtMostOnce {
+            return Err(EncodeError::DupOnQoS0);
+        }
+        if self.topic.is_empty() && !(v5 && self.properties.topic_alias.is_some()) {
+            return Err(EncodeError::EmptyTopic);
+        }
+        let mut len = 2 + self.topic.len() + self.payload.len();
+        if self.packet_id.is_some() {
+            len += 2;
+        }
+        if v5 {
+            plan.props = self.properties.encoded_len();
+            len += block(plan.props);
+        }
+        if len > MAX_VAR_INT as usize {
+            return Err(EncodeError::PacketTooLarge(len));
+        }
+        Ok(len)
+    }
+
+    fn write_body(&self, v5: bool, plan: Plan, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        match (self.qos, self.packet_id) {
+            (QoS::AtMostOnce, None) => put_str(buf, self.topic),
+            (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) => {
+                put_str(buf, self.topic);
+                buf.put_u16(id.get());
+            }
+            _ => return Err(EncodeError::PacketIdMismatch),
+        }
+        if v5 {
+            self.properties.encode(plan.props, buf)?;
+        }
+        buf.put_slice(self.payload);
+        Ok(())
+    }
 }
 
 fn write_pub_response(r: &PubResponse, plan: Plan, buf: &mut BytesMut) -> Result<(), EncodeError> {

@@ -50,8 +50,8 @@ mod wire;
 pub use decode::{FixedHeader, decode, decode_body, parse_header};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    Auth, ConnAck, Connect, Disconnect, Packet, PubResponse, Publish, RetainHandling, SubAck,
-    Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    Auth, ConnAck, Connect, Disconnect, Packet, PubResponse, Publish, PublishRef, RetainHandling,
+    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 pub use properties::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,

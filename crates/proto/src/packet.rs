@@ -180,6 +180,40 @@ impl Publish {
             properties: PublishProperties::default(),
         }
     }
+
+    /// This PUBLISH as borrowed parts, for [`PublishRef::encode`].
+    pub fn borrowed(&self) -> PublishRef<'_> {
+        PublishRef {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.topic,
+            packet_id: self.packet_id,
+            payload: &self.payload,
+            properties: &self.properties,
+        }
+    }
+}
+
+/// A PUBLISH to encode from borrowed parts: what a broker writes for each subscriber of one
+/// shared message, without cloning its properties or touching the reference counts of its
+/// topic and payload. Encodes exactly as the equal [`Publish`] does.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    /// DUP: this may be a re-delivery.
+    pub dup: bool,
+    /// QoS of this delivery.
+    pub qos: QoS,
+    /// RETAIN.
+    pub retain: bool,
+    /// Topic Name. Empty only in 5.0 with a Topic Alias.
+    pub topic: &'a TopicName,
+    /// Packet identifier: present exactly when QoS > 0.
+    pub packet_id: Option<PacketId>,
+    /// Payload; may be empty.
+    pub payload: &'a [u8],
+    /// PUBLISH properties (5.0; not encoded for 3.x).
+    pub properties: &'a PublishProperties,
 }
 
 /// PUBACK, PUBREC, PUBREL or PUBCOMP (the packet type says which).

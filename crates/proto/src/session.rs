@@ -50,6 +50,8 @@ pub enum Stage {
 struct Slot<T> {
     id: PacketId,
     stage: Stage,
+    /// The counter step at which `id` was taken (see [`OutboundWindow::steps`]).
+    step: u64,
     item: T,
 }
 
@@ -59,6 +61,11 @@ pub struct OutboundWindow<T> {
     slots: VecDeque<Slot<T>>,
     limit: usize,
     next_id: u16,
+    /// How many ids the rotating counter has offered so far. Slots are in allocation order,
+    /// so while fewer than 65 535 steps separate the oldest slot from now, every id in flight
+    /// was taken less than one lap ago and the counter's next id cannot be one of them: the
+    /// common case needs no scan of the window.
+    steps: u64,
 }
 
 /// Result of a PUBREC.
@@ -77,6 +84,7 @@ impl<T> OutboundWindow<T> {
             slots: VecDeque::new(),
             limit: usize::from(limit.max(1)),
             next_id: 1,
+            steps: 0,
         }
     }
 
@@ -114,9 +122,20 @@ impl<T> OutboundWindow<T> {
             QoS::ExactlyOnce => Stage::AwaitingPubRec,
             _ => Stage::AwaitingPubAck,
         };
-        let id = self.allocate();
-        self.slots.push_back(Slot { id, stage, item });
+        let (id, step) = self.allocate();
+        self.slots.push_back(Slot {
+            id,
+            stage,
+            step,
+            item,
+        });
         Ok(id)
+    }
+
+    /// The message most recently put in flight, e.g. to encode it right after
+    /// [`Self::insert`] took it.
+    pub fn last(&self) -> Option<&T> {
+        self.slots.back().map(|s| &s.item)
     }
 
     /// True if a message with packet id `id` is in flight.
@@ -137,14 +156,19 @@ impl<T> OutboundWindow<T> {
         if self.is_full() {
             return Err(FlowError::WindowFull);
         }
-        let id = self
+        let (id, step) = self
             .allocate_avoiding(&reserved)
             .ok_or(FlowError::WindowFull)?;
         let stage = match qos {
             QoS::ExactlyOnce => Stage::AwaitingPubRec,
             _ => Stage::AwaitingPubAck,
         };
-        self.slots.push_back(Slot { id, stage, item });
+        self.slots.push_back(Slot {
+            id,
+            stage,
+            step,
+            item,
+        });
         Ok(id)
     }
 
@@ -153,31 +177,73 @@ impl<T> OutboundWindow<T> {
     /// UNSUBSCRIBE, whose id the caller holds until the SUBACK or UNSUBACK. `None` if every id
     /// is taken.
     pub fn allocate_id(&mut self, reserved: impl Fn(PacketId) -> bool) -> Option<PacketId> {
-        self.allocate_avoiding(&reserved)
+        self.allocate_avoiding(&reserved).map(|(id, _)| id)
     }
 
-    fn allocate_avoiding(&mut self, reserved: &impl Fn(PacketId) -> bool) -> Option<PacketId> {
+    fn allocate_avoiding(
+        &mut self,
+        reserved: &impl Fn(PacketId) -> bool,
+    ) -> Option<(PacketId, u64)> {
         for _ in 0..u16::MAX {
-            let candidate = NonZeroU16::new(self.next_id).unwrap_or(NonZeroU16::MIN);
-            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-            if !reserved(candidate) && !self.contains(candidate) {
-                return Some(candidate);
+            let (candidate, step) = self.step();
+            if !reserved(candidate) && !self.in_use(candidate, step) {
+                return Some((candidate, step));
             }
         }
         None
     }
 
-    fn allocate(&mut self) -> PacketId {
+    /// The next id not in flight and its counter step. The caller has checked that the
+    /// window holds fewer than 65 535 messages, so a free id exists.
+    fn allocate(&mut self) -> (PacketId, u64) {
         loop {
-            let candidate = NonZeroU16::new(self.next_id).unwrap_or(NonZeroU16::MIN);
-            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-            if !self.slots.iter().any(|s| s.id == candidate) {
-                return candidate;
+            let (candidate, step) = self.step();
+            if !self.in_use(candidate, step) {
+                return (candidate, step);
             }
         }
     }
 
+    /// Advances the rotating counter (1..=65 535) by one id.
+    fn step(&mut self) -> (PacketId, u64) {
+        let candidate = NonZeroU16::new(self.next_id).unwrap_or(NonZeroU16::MIN);
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        let step = self.steps;
+        self.steps += 1;
+        (candidate, step)
+    }
+
+    /// Lets the counter skip ids up to `id` (the next one offered), as a long run of other
+    /// messages would.
+    #[cfg(test)]
+    fn jump_to(&mut self, id: u16) {
+        while self.next_id != id {
+            self.step();
+        }
+    }
+
+    /// Whether `candidate`, offered at counter step `step`, is in flight.
+    fn in_use(&self, candidate: PacketId, step: u64) -> bool {
+        match self.slots.front() {
+            None => false,
+            // Everything in flight was taken within the last lap of the counter.
+            Some(oldest) if step - oldest.step < u64::from(u16::MAX) => false,
+            Some(_) => self.contains(candidate),
+        }
+    }
+
     fn position(&self, id: PacketId) -> Result<usize, FlowError> {
+        // Ids are mostly consecutive in send order, so the id's distance from the oldest one
+        // is usually its index: acknowledgements in order (and QoS 2 windows holding messages
+        // awaiting PUBCOMP) then need no scan.
+        if let Some(oldest) = self.slots.front() {
+            let guess = (i32::from(id.get()) - i32::from(oldest.id.get())).rem_euclid(65_535);
+            if let Ok(i) = usize::try_from(guess) {
+                if self.slots.get(i).is_some_and(|s| s.id == id) {
+                    return Ok(i);
+                }
+            }
+        }
         self.slots
             .iter()
             .position(|s| s.id == id)
@@ -249,10 +315,33 @@ pub enum Qos2Publish {
     Duplicate,
 }
 
+/// Hashes a packet id by one multiplication (Fibonacci hashing): ids are small integers, at
+/// most a Receive Maximum of them are tracked, and SipHash costs more than the set work.
+#[derive(Debug, Clone, Copy, Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.0 = u64::from(n);
+    }
+}
+
+type IdHasherBuilder = std::hash::BuildHasherDefault<IdHasher>;
+
 /// Incoming QoS 2 packet ids between PUBLISH and PUBREL.
 #[derive(Debug, Clone, Default)]
 pub struct InboundQos2 {
-    pending: HashSet<u16>,
+    pending: HashSet<u16, IdHasherBuilder>,
 }
 
 impl InboundQos2 {
@@ -487,10 +576,53 @@ mod tests {
         let order: Vec<_> = w.resend().map(|(_, _, i)| *i).collect();
         assert_eq!(order, [0, 2, 3, 4]);
         // Wrap around: ids still in flight (1, 3, 4, 5) are skipped.
-        w.next_id = u16::MAX;
+        w.jump_to(u16::MAX);
         assert_eq!(w.insert(QoS::AtLeastOnce, 9).unwrap(), pid(u16::MAX));
         assert_eq!(w.insert(QoS::AtLeastOnce, 10).unwrap(), pid(2));
         assert_eq!(w.insert(QoS::AtLeastOnce, 11).unwrap(), pid(6));
+    }
+
+    #[test]
+    fn acknowledgements_in_any_order_find_their_message() {
+        let mut w = OutboundWindow::new(100);
+        // Start near the end of the id range so that the window wraps.
+        w.jump_to(65_530);
+        let ids: Vec<_> = (0..12u32)
+            .map(|i| w.insert(QoS::ExactlyOnce, i).unwrap())
+            .collect();
+        assert_eq!(ids[5], pid(65_535));
+        assert_eq!(ids[6], pid(1));
+        for &i in &[3usize, 0, 11, 6, 5, 7] {
+            assert_eq!(
+                w.pubrec(ids[i], ReasonCode::Success),
+                Ok(PubRecOutcome::SendPubRel(ids[i]))
+            );
+        }
+        for &i in &[5usize, 3, 11, 0, 6, 7] {
+            assert_eq!(w.pubcomp(ids[i]), Ok(u32::try_from(i).unwrap()));
+        }
+        assert_eq!(w.pubcomp(ids[5]), Err(FlowError::UnknownPacketId(65_535)));
+        let left: Vec<_> = w.resend().map(|(_, _, i)| *i).collect();
+        assert_eq!(left, [1, 2, 4, 8, 9, 10]);
+    }
+
+    #[test]
+    fn a_message_in_flight_for_laps_keeps_its_id() {
+        let mut w = OutboundWindow::new(2);
+        let stuck = w.insert(QoS::AtLeastOnce, 0).unwrap();
+        let mut ids = HashSet::new();
+        for i in 0..200_000u32 {
+            let id = w.insert(QoS::AtLeastOnce, i).unwrap();
+            assert_ne!(
+                id, stuck,
+                "id of a message in flight reused after {i} messages"
+            );
+            ids.insert(id);
+            assert_eq!(w.puback(id), Ok(i));
+        }
+        // Every other id was used: the counter went round three times.
+        assert_eq!(ids.len(), usize::from(u16::MAX) - 1);
+        assert_eq!(w.puback(stuck), Ok(0));
     }
 
     #[test]
@@ -514,7 +646,7 @@ mod tests {
             w.pubrec(pid(5), ReasonCode::Success),
             Ok(PubRecOutcome::SendPubRel(pid(5)))
         );
-        w.next_id = 1;
+        w.jump_to(1);
         assert_eq!(w.allocate_id(is_reserved), Some(pid(4)));
         // Every id taken: no id, and no endless search.
         assert_eq!(w.allocate_id(|_| true), None);

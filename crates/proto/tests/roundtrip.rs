@@ -887,6 +887,15 @@ proptest! {
         p.encode(v, &mut appended).unwrap();
         prop_assert_eq!(&appended[..3], b"xyz");
         prop_assert_eq!(&appended[3..], &buf[..]);
+
+        // A PUBLISH encodes the same from borrowed parts.
+        if let Packet::Publish(publish) = &p {
+            let view = publish.borrowed();
+            prop_assert_eq!(view.encoded_len(v), Ok(buf.len()));
+            let mut borrowed = BytesMut::from(&b"xyz"[..]);
+            view.encode(v, &mut borrowed).unwrap();
+            prop_assert_eq!(&borrowed[3..], &buf[..]);
+        }
     }
 
     /// Every strict prefix is incomplete, and decoding it leaves the buffer untouched.
