@@ -157,16 +157,31 @@ impl BrokerBuilder {
         let prepared = crate::listener::prepare(&self.config, custom)?;
         let mut bound = Vec::new();
         for p in prepared {
-            let socket = TcpListener::bind(p.bind)
-                .await
-                .map_err(|source| BrokerError::Bind {
-                    addr: p.bind.to_string(),
-                    source,
-                })?;
+            let socket = listen(p.bind).map_err(|source| BrokerError::Bind {
+                addr: p.bind.to_string(),
+                source,
+            })?;
             bound.push((socket, p));
         }
         Ok(Broker::serve(self.config, bound))
     }
+}
+
+/// Pending connections the kernel may queue per listener before the broker accepts them
+/// (capped by `net.core.somaxconn`). Larger than tokio's 1024 so that a reconnect storm of
+/// thousands of clients is queued rather than dropped into 1 s SYN retransmissions.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A running broker.
@@ -220,12 +235,26 @@ impl Broker {
     /// Starts a broker with default settings listening on `addr` (port 0 picks a free port;
     /// see [`Broker::local_addrs`]).
     pub async fn bind(addr: impl ToSocketAddrs) -> Result<Broker, BrokerError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| BrokerError::Bind {
-                addr: "requested address".into(),
-                source,
-            })?;
+        let bind_error = |source| BrokerError::Bind {
+            addr: "requested address".into(),
+            source,
+        };
+        let mut last = None;
+        let mut bound = None;
+        for a in tokio::net::lookup_host(addr).await.map_err(bind_error)? {
+            match listen(a) {
+                Ok(l) => {
+                    bound = Some(l);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let listener = bound.ok_or_else(|| {
+            bind_error(last.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+            }))
+        })?;
         let local = listener.local_addr().map_err(|source| BrokerError::Bind {
             addr: "requested address".into(),
             source,
