@@ -21,9 +21,11 @@
 # Every run passes --broker-pid, so the bench reports the broker's CPU time and peak RSS
 # over the measured part of the run, and its own CPU time (a saturated bench is visible).
 #
-# Comparable limits where the brokers have them: 256 QoS 1/2 messages in flight per client
-# and 100 000 queued per client for sagitta and Mosquitto (Mosquitto's defaults are 20 and
-# 1000). Each bench publisher keeps at most WINDOW (256) QoS 1/2 publishes unacknowledged:
+# Comparable limits where the brokers have them: INFLIGHT (1024, Sagitta's default) QoS 1/2
+# messages in flight to each client and 100 000 queued per client for sagitta and Mosquitto
+# (Mosquitto's defaults are 20 and 1000). The in-flight limit bounds QoS 1/2 throughput to
+# one subscriber at INFLIGHT / round trip: with 256, fan-in QoS 1 is capped near 370k msg/s
+# on the 2-core machine of docs/performance.md. Each bench publisher keeps at most WINDOW (256) QoS 1/2 publishes unacknowledged:
 # an MQTT 3.1.1 client cannot learn the broker's limit, and Mosquitto drops incoming QoS 1/2
 # messages beyond its max_inflight_messages (the bench's default window, 1024, made it lose
 # messages). rumqttd 0.20 has no such settings: its outgoing window is fixed at 100 messages
@@ -32,7 +34,7 @@
 #
 # Usage: bench/compare.sh [OUT_DIR]
 # Environment: BROKERS="sagitta mosquitto rumqttd relay", SCENARIOS="fanin fanout pairs
-#   latency idle", QOS="0 1 2", RUNS=3, WINDOW=256, DURATION=10 (seconds per run), PORT=18900 (base;
+#   latency idle", QOS="0 1 2", RUNS=3, WINDOW=256, INFLIGHT=1024, DURATION=10 (seconds per run), PORT=18900 (base;
 #   each run uses the next port), IDLE_CONNS=10000, IDLE_RATE=5000, LATENCY_RATE=20000,
 #   BENCH_THREADS (default: the bench's default, one per CPU),
 #   SAGITTA / RELAY / MOSQUITTO / RUMQTTD = paths of the programs (default: a release build
@@ -54,6 +56,7 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_RATE=${IDLE_RATE:-5000}
 LATENCY_RATE=${LATENCY_RATE:-20000}
 WINDOW=${WINDOW:-256}
+INFLIGHT=${INFLIGHT:-1024}
 BENCH_THREADS=${BENCH_THREADS:-}
 OUT=${1:-$(mktemp -d /tmp/bench-compare.XXXXXX)}
 mkdir -p "$OUT"
@@ -133,7 +136,7 @@ trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
 
 cat >"$OUT/sagitta.toml" <<EOF
-max_inflight = 256
+max_inflight = $INFLIGHT
 max_queued_messages = 100000
 max_connections = 100000
 sys_interval = 0
@@ -162,7 +165,7 @@ start_broker() { # name port log
 listener $port 127.0.0.1
 allow_anonymous true
 persistence false
-max_inflight_messages 256
+max_inflight_messages $INFLIGHT
 max_queued_messages 100000
 max_connections -1
 log_type error

@@ -220,7 +220,8 @@ pub struct Config {
     /// Most simultaneous connections. Default 100 000.
     pub max_connections: usize,
     /// QoS 1/2 messages the broker sends a client before waiting for acknowledgements (also
-    /// capped by the client's 5.0 Receive Maximum). Default 256.
+    /// capped by the client's 5.0 Receive Maximum). Default 1024: it bounds the QoS 1/2
+    /// throughput to one client at this many messages per round trip.
     pub max_inflight: u16,
     /// QoS 2 publishes a client may have unreleased at once (the Receive Maximum announced to
     /// 5.0 clients). Default 1024.
@@ -268,7 +269,7 @@ impl Default for Config {
             max_packet_size: 1024 * 1024,
             connect_timeout: 10,
             max_connections: 100_000,
-            max_inflight: 256,
+            max_inflight: 1024,
             receive_maximum: 1024,
             max_queued_messages: 1000,
             queue_qos0_offline: false,
