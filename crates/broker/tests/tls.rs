@@ -109,24 +109,6 @@ fn subscribe_packet(f: &str, qos: QoS) -> Packet {
     })
 }
 
-async fn connected_clients(broker: &Broker, n: u64) {
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    loop {
-        let now = broker
-            .metrics()
-            .clients_connected
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if now == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{now} clients connected, expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn tcp_and_tls_listeners_carry_messages_both_ways() {
     let pki = Pki::new("both");
@@ -240,7 +222,7 @@ async fn mtls_refuses_missing_foreign_and_expired_certificates() {
         assert!(refused.is_err(), "{what}: {refused:?}");
     }
     // Nothing got in: one client connected, no will or message published.
-    connected_clients(&broker, 1).await;
+    common_interop::wait_connected(&broker, 1).await;
     watcher.expect_silence().await;
     broker.shutdown().await;
 }

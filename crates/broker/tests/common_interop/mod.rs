@@ -61,22 +61,7 @@ impl TestBroker {
     /// Waits (bounded by [`WAIT`]) until exactly `n` clients are connected, i.e. the broker
     /// has finished handling the connections that ended.
     pub async fn wait_connected(&self, n: u64) {
-        let broker = self.broker.as_ref().expect("broker running");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let now = broker
-                .metrics()
-                .clients_connected
-                .load(std::sync::atomic::Ordering::Relaxed);
-            if now == n {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{now} clients still connected after {WAIT:?}, expected {n}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_connected(self.broker.as_ref().expect("broker running"), n).await;
     }
 
     /// Shuts the broker down and waits (bounded) for its tasks to finish.
@@ -265,4 +250,23 @@ pub async fn run_ok(program: &str, args: &[String], timeout: Duration) -> String
 /// Turns string literals into an argument vector.
 pub fn args<S: AsRef<str>>(list: impl IntoIterator<Item = S>) -> Vec<String> {
     list.into_iter().map(|s| s.as_ref().to_owned()).collect()
+}
+
+/// Waits (bounded by [`WAIT`]) until exactly `n` clients are connected to `broker`.
+pub async fn wait_connected(broker: &Broker, n: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = broker
+            .metrics()
+            .clients_connected
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now} clients connected after {WAIT:?}, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
