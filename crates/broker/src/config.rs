@@ -217,6 +217,10 @@ pub struct Config {
     pub max_packet_size: u32,
     /// Seconds a new connection has to send CONNECT. Default 10.
     pub connect_timeout: u64,
+    /// Milliseconds a connection refused for its credentials (bad username or password, or
+    /// not authorized) waits before its CONNACK, so that guessing passwords is slow. Only
+    /// that connection waits. Default 1000; 0 turns it off.
+    pub failed_login_delay_ms: u64,
     /// Most simultaneous connections. Default 100 000.
     pub max_connections: usize,
     /// QoS 1/2 messages the broker sends a client before waiting for acknowledgements (also
@@ -268,6 +272,7 @@ impl Default for Config {
             listeners: Vec::new(),
             max_packet_size: 1024 * 1024,
             connect_timeout: 10,
+            failed_login_delay_ms: 1000,
             max_connections: 100_000,
             max_inflight: 1024,
             receive_maximum: 1024,
@@ -502,6 +507,10 @@ impl Config {
 
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout)
+    }
+
+    pub(crate) fn failed_login_delay(&self) -> Duration {
+        Duration::from_millis(self.failed_login_delay_ms)
     }
 }
 

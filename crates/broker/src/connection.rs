@@ -329,7 +329,17 @@ where
         certificate: ctx.certificate(),
     };
     if let Err(reason) = ctx.authenticate(&info) {
-        info!(%peer, client_id = &*client_id, reason = %reason, "connection refused");
+        info!(%peer, client_id = &*client_id, username = info.username, reason = %reason, "connection refused");
+        if matches!(
+            reason,
+            ReasonCode::BadUserNameOrPassword | ReasonCode::NotAuthorized
+        ) {
+            // Slow down password guessing; only this connection waits.
+            tokio::select! {
+                _ = tokio::time::sleep(shared.config.failed_login_delay()) => {}
+                _ = shared.shutdown.cancelled() => return None,
+            }
+        }
         refuse(&mut io, reason);
         let _ = io.flush().await;
         return None;

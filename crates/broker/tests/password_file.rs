@@ -93,6 +93,8 @@ async fn password_file_accepts_and_refuses() {
     .unwrap();
     let config = Config {
         password_file: Some(path.clone()),
+        // Refusals answered at once here; the delay has its own test.
+        failed_login_delay_ms: 0,
         ..Config::default()
     };
     let broker = broker_with(config).await;
@@ -130,6 +132,7 @@ async fn password_file_accepts_and_refuses() {
     let config = Config {
         password_file: Some(path),
         allow_anonymous: Some(true),
+        failed_login_delay_ms: 0,
         ..Config::default()
     };
     let broker = broker_with(config).await;
@@ -139,6 +142,44 @@ async fn password_file_accepts_and_refuses() {
         connack(&broker, v, Some("alice"), Some("nope")).await,
         ReasonCode::BadUserNameOrPassword
     );
+    broker.handle().shutdown();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_refused_login_waits_before_its_connack() {
+    let dir = temp_dir("delay");
+    let path = dir.join("passwd");
+    std::fs::write(&path, format!("{}\n", line("alice", "wonder"))).unwrap();
+    let config = Config {
+        password_file: Some(path),
+        failed_login_delay_ms: 600,
+        ..Config::default()
+    };
+    let broker = broker_with(config).await;
+    for (user, pw, expected) in [
+        (
+            Some("alice"),
+            Some("guess"),
+            ReasonCode::BadUserNameOrPassword,
+        ),
+        (None, None, ReasonCode::NotAuthorized),
+    ] {
+        let started = std::time::Instant::now();
+        let code = connack(&broker, ProtocolVersion::V5, user, pw).await;
+        assert_eq!(code, expected);
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(600),
+            "refused after {:?}",
+            started.elapsed()
+        );
+    }
+    // Meanwhile others are served: a good login while a bad one waits.
+    let slow = connack(&broker, ProtocolVersion::V5, Some("alice"), Some("guess"));
+    let good = connack(&broker, ProtocolVersion::V5, Some("alice"), Some("wonder"));
+    let (slow, good) = tokio::join!(slow, good);
+    assert_eq!(good, ReasonCode::Success);
+    assert_eq!(slow, ReasonCode::BadUserNameOrPassword);
     broker.handle().shutdown();
     let _ = std::fs::remove_dir_all(dir);
 }
