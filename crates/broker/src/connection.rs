@@ -471,11 +471,6 @@ where
         will: will.map(Box::new),
         client_max_packet,
         problem_info,
-        in_alias_max: if v5 {
-            shared.config.topic_alias_maximum
-        } else {
-            0
-        },
         in_aliases: None,
         out_aliases: (alias_max > 0).then(|| Box::new(OutboundAliases::new(alias_max))),
         received: 0,
@@ -504,8 +499,6 @@ struct Conn<S> {
     client_max_packet: usize,
     /// 5.0 Request Problem Information: Reason Strings allowed on acknowledgements.
     problem_info: bool,
-    /// Topic Alias Maximum announced to the client (0 for 3.x).
-    in_alias_max: u16,
     /// Made when the client first uses a topic alias.
     in_aliases: Option<Box<InboundAliases>>,
     /// Only when the client accepts topic aliases.
@@ -681,7 +674,12 @@ impl<S: Transport> Conn<S> {
         let topic = match p.properties.topic_alias {
             None => p.topic,
             alias @ Some(_) => {
-                let max = self.in_alias_max;
+                // The Topic Alias Maximum announced to the client (none in 3.x).
+                let max = if self.version.is_v5() {
+                    self.shared.config.topic_alias_maximum
+                } else {
+                    0
+                };
                 let aliases = self
                     .in_aliases
                     .get_or_insert_with(|| Box::new(InboundAliases::new(max)));

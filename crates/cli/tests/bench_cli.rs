@@ -4,43 +4,15 @@
 // Test helpers may panic: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use common::{Running, free_port};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-/// A subprocess killed when dropped.
-struct Running(Option<Child>);
-
-impl Running {
-    fn new(child: Child) -> Self {
-        Self(Some(child))
-    }
-
-    /// Waits for the process to exit by itself and collects its output.
-    fn wait(mut self) -> Output {
-        self.0.take().unwrap().wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn wait_up(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -301,7 +273,7 @@ fn sub_measures_a_separate_pub_process() {
         "pub", "--pubs", "2", "-n", "200", "-t", "ext", "-q", "1", "-p", &p,
     ]);
     assert_eq!(v["published"].as_u64(), Some(400), "{v}");
-    let out = sub.wait();
+    let out = sub.output();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -3,30 +3,16 @@
 // Test helpers may panic: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{Running, free_port};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use sagitta_proto::{Connect, MqttStr, Packet, ProtocolVersion, ReasonCode, decode};
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start(args: &[&str]) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_sagitta"))
@@ -36,7 +22,7 @@ fn start(args: &[&str]) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    Running(child)
+    Running::new(child)
 }
 
 fn connect_when_up(addr: SocketAddr) -> TcpStream {
@@ -84,7 +70,7 @@ fn sigint_disconnects_v5_clients_with_0x8b_and_exits_0() {
         Some(Packet::ConnAck(_))
     ));
 
-    let pid = broker.0.id().to_string();
+    let pid = broker.child().id().to_string();
     assert!(
         Command::new("kill")
             .args(["-INT", &pid])
@@ -98,7 +84,7 @@ fn sigint_disconnects_v5_clients_with_0x8b_and_exits_0() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = broker.0.try_wait().unwrap() {
+        if let Some(status) = broker.child().try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "broker did not exit");

@@ -4,10 +4,13 @@
 // Test helpers may panic: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{Running, free_port};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,23 +20,6 @@ use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use sagitta_proto::{Connect, MqttStr, Packet, ProtocolVersion, ReasonCode, decode};
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A CA and a server certificate for localhost / 127.0.0.1 signed by it:
 /// (CA PEM, certificate PEM, key PEM).
@@ -146,7 +132,7 @@ fn sighup_reloads_the_certificate_and_keeps_connections() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let broker = Running(child);
+    let mut broker = Running::new(child);
     let old_trust = trusting(&old_ca);
 
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -170,7 +156,7 @@ fn sighup_reloads_the_certificate_and_keeps_connections() {
     std::fs::write(dir.join("server.key"), key).unwrap();
     let new_trust = trusting(&new_ca);
     assert!(tls(port, &new_trust).is_err(), "not reloaded yet");
-    let pid = broker.0.id().to_string();
+    let pid = broker.child().id().to_string();
     assert!(
         Command::new("kill")
             .args(["-HUP", &pid])
@@ -202,7 +188,10 @@ fn sighup_reloads_the_certificate_and_keeps_connections() {
     );
     std::thread::sleep(Duration::from_millis(200));
     let mut broker = broker;
-    assert!(broker.0.try_wait().unwrap().is_none(), "broker exited");
+    assert!(
+        broker.child().try_wait().unwrap().is_none(),
+        "broker exited"
+    );
     assert!(tls(port, &new_trust).is_ok());
     drop(broker);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -4,23 +4,17 @@
 // Test helpers may panic: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::Running;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sagitta");
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sagitta-passwd-{}-{name}", std::process::id()));
@@ -102,7 +96,7 @@ fn passwd_file_works_with_the_broker() {
         ),
     )
     .unwrap();
-    let _broker = Running(
+    let _broker = Running::new(
         Command::new(BIN)
             .args(["broker", "--config", s(&config)])
             .env("RUST_LOG", "warn")

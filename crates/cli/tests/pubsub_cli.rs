@@ -9,10 +9,13 @@
 // Test helpers may panic: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{Running, free_port};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -20,16 +23,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_sagitta");
 /// Longest any single command may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A subprocess killed when dropped.
-struct Running(Option<Child>);
-
 impl Running {
     fn spawn(cmd: &mut Command) -> Self {
-        Self(Some(cmd.spawn().unwrap()))
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().unwrap()
+        Self::new(cmd.spawn().unwrap())
     }
 
     /// Waits (at most [`PATIENCE`]) for the process to exit by itself.
@@ -41,15 +37,6 @@ impl Running {
             }
             assert!(Instant::now() < deadline, "process did not exit in time");
             std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }
@@ -130,14 +117,6 @@ fn mosquitto_tool(program: &str, line: &str) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(line.split_whitespace());
     cmd
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_up(port: u16) {

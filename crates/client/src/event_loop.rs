@@ -11,6 +11,7 @@
 //! buffers, keep-alive clock, topic aliases, the broker's limits) lives in [`Conn`].
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -707,6 +708,23 @@ impl EventLoop {
         }
     }
 
+    /// Handles one request; one without room goes back to the front of the backlog. Breaks
+    /// when no more should be taken now: `Some` to disconnect.
+    fn handle_or_backlog(
+        &mut self,
+        conn: &mut Conn,
+        request: Request,
+    ) -> Result<ControlFlow<Option<DisconnectRequest>>, ClientError> {
+        Ok(match self.handle_request(conn, request)? {
+            Flow::Continue => ControlFlow::Continue(()),
+            Flow::Stalled(request) => {
+                self.backlog.push_front(request);
+                ControlFlow::Break(None)
+            }
+            Flow::Disconnect(d) => ControlFlow::Break(Some(d)),
+        })
+    }
+
     /// Handles requests already queued, without waiting, while there is room.
     fn take_queued(&mut self, conn: &mut Conn) -> Result<Option<DisconnectRequest>, ClientError> {
         let mut taken = 0;
@@ -715,13 +733,8 @@ impl EventLoop {
             let Ok(request) = self.rx.try_recv() else {
                 break;
             };
-            match self.handle_request(conn, request)? {
-                Flow::Continue => {}
-                Flow::Stalled(request) => {
-                    self.backlog.push_front(request);
-                    break;
-                }
-                Flow::Disconnect(d) => return Ok(Some(d)),
+            if let ControlFlow::Break(end) = self.handle_or_backlog(conn, request)? {
+                return Ok(end);
             }
             taken += 1;
         }
@@ -734,13 +747,8 @@ impl EventLoop {
             let Some(request) = self.backlog.pop_front() else {
                 break;
             };
-            match self.handle_request(conn, request)? {
-                Flow::Continue => {}
-                Flow::Stalled(request) => {
-                    self.backlog.push_front(request);
-                    break;
-                }
-                Flow::Disconnect(d) => return Ok(Some(d)),
+            if let ControlFlow::Break(end) = self.handle_or_backlog(conn, request)? {
+                return Ok(end);
             }
         }
         Ok(None)

@@ -114,15 +114,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `program` with `args`.
     pub fn spawn(program: &str, args: &[String]) -> Self {
-        let name = format!("{program} {}", args.join(" "));
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{name}`: {e}"));
+        let (name, mut child) = start_child(program, args);
         let (tx, lines) = mpsc::unbounded_channel();
         let stdout = child.stdout.take().expect("stdout is piped");
         tokio::spawn(async move {
@@ -224,15 +216,7 @@ impl Proc {
 /// Runs `program` to completion (bounded by `timeout`); fails the test unless it exits 0.
 /// Returns its stdout.
 pub async fn run_ok(program: &str, args: &[String], timeout: Duration) -> String {
-    let name = format!("{program} {}", args.join(" "));
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start `{name}`: {e}"));
+    let (name, child) = start_child(program, args);
     let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(output) => output.expect("collect child output"),
         Err(_) => panic!("`{name}` did not finish within {timeout:?}"),
@@ -269,4 +253,19 @@ pub async fn wait_connected(broker: &Broker, n: u64) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Starts `program` with `args`, stdout and stderr piped, killed when dropped: its command
+/// line (for messages) and the child.
+fn start_child(program: &str, args: &[String]) -> (String, Child) {
+    let name = format!("{program} {}", args.join(" "));
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{name}`: {e}"));
+    (name, child)
 }
