@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::retain::RetainStore;
 use crate::router::{Router, Target};
 use crate::session::{Enqueued, SessionEntry, SessionState, Sessions};
+use crate::store::{Snapshot, Store};
 use crate::tls::{TlsError, TlsState};
 
 /// Why the broker cannot start.
@@ -44,6 +45,10 @@ pub enum BrokerError {
     /// the file).
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The store cannot be opened or read (the error names the data directory and what to
+    /// do).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// State shared by every task of one broker.
@@ -53,6 +58,8 @@ pub(crate) struct Shared {
     pub retained: RetainStore,
     pub sessions: Sessions,
     pub metrics: Metrics,
+    /// Where persistent state goes; `None` for an in-memory broker.
+    pub store: Option<Store>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub started: Instant,
@@ -64,47 +71,118 @@ impl Shared {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Routes a message to every matching session and stores it if retained. Returns the
-    /// number of sessions it was queued for. `targets` is scratch space (kept to reuse).
-    pub fn publish(&self, msg: Arc<Message>, targets: &mut Vec<Target>) -> usize {
+    /// Routes a message to every matching session and stores it if retained. `targets` is
+    /// scratch space (kept to reuse).
+    pub fn publish(&self, msg: Arc<Message>, targets: &mut Vec<Target>) -> Routed {
         targets.clear();
+        let mut routed = Routed::default();
         self.router
             .route(&msg.topic, msg.origin.as_deref(), targets, || {
                 if msg.retain && self.config.retain_available {
-                    self.retained.set(msg.clone());
+                    routed.stored |= self.retained.set(msg.clone(), self.store.as_ref());
                 }
             });
-        let mut queued = 0;
+        let mut hold = BodyHold::default();
         for t in targets.drain(..) {
             let delivery = Delivery {
                 msg: msg.clone(),
                 qos: msg.qos.min(t.qos),
                 retain: msg.retain && t.retain_as_published,
                 sub_ids: t.sub_ids,
+                seq: 0,
             };
-            match t.session.enqueue(delivery, self.config.queue_qos0_offline) {
-                Enqueued::Queued => queued += 1,
+            match self.offer(&t.session, delivery, &mut hold) {
+                Enqueued::Queued => routed.queued += 1,
                 Enqueued::DroppedQueueFull => {
-                    Metrics::add(&self.metrics.dropped_queue_full, 1);
                     debug!(client_id = %t.session.client_id, topic = %msg.topic, "queue full, message dropped");
                 }
-                Enqueued::DroppedOffline => Metrics::add(&self.metrics.dropped_offline, 1),
+                Enqueued::DroppedOffline => {}
             }
+        }
+        routed.stored |= hold.stored;
+        self.let_go(&msg, hold);
+        routed
+    }
+
+    /// Offers a message to a session's mailbox, writing it to the store first if the session
+    /// is persistent and the delivery QoS 1/2. Counts drops. `hold` carries the message's
+    /// body across the sessions of one publish; end with [`Shared::let_go`].
+    pub fn offer(
+        &self,
+        session: &SessionEntry,
+        mut delivery: Delivery,
+        hold: &mut BodyHold,
+    ) -> Enqueued {
+        let store = self
+            .store
+            .as_ref()
+            .filter(|_| delivery.qos != QoS::AtMostOnce && session.is_persistent());
+        if let Some(store) = store {
+            // The body is written with the first stored message that points at it; the
+            // publisher holds a reference on it meanwhile.
+            if !hold.held {
+                hold.body = store.hold_body(&delivery.msg);
+                hold.held = true;
+            }
+            delivery.seq = store.next_id();
+        }
+        let client_id = &session.client_id;
+        let queued = session.enqueue_with(delivery, self.config.queue_qos0_offline, |d| {
+            if let Some(store) = store {
+                store.queued(client_id, d, hold.body.take());
+                hold.stored = true;
+            }
+        });
+        match queued {
+            Enqueued::Queued => {}
+            Enqueued::DroppedQueueFull => Metrics::add(&self.metrics.dropped_queue_full, 1),
+            Enqueued::DroppedOffline => Metrics::add(&self.metrics.dropped_offline, 1),
         }
         queued
     }
 
+    /// Drops the publisher's reference on `msg`'s body after [`Shared::offer`].
+    pub fn let_go(&self, msg: &Message, hold: BodyHold) {
+        if let (true, true, Some(store)) = (hold.held, hold.stored, &self.store)
+            && let Some(op) = store.release_body(msg)
+        {
+            store.submit(op);
+        }
+    }
+
     /// Ends a session's state: its subscriptions leave the router, its queue and in-flight
-    /// messages are dropped.
+    /// messages are dropped, and the store forgets it.
     pub fn clear_session(&self, entry: &SessionEntry, state: &mut SessionState) {
         for filter in state.subscriptions.keys() {
             self.router.unsubscribe(&entry.client_id, filter);
         }
         state.subscriptions.clear();
-        state.outbound.drain().for_each(drop);
+        let in_flight: Vec<Delivery> = state.outbound.drain().map(|(_, _, d)| d).collect();
+        let queued = entry.clear_queue();
         state.inbound.clear();
-        entry.clear_queue();
         state.exists = false;
+        if entry.is_persistent() {
+            entry.set_persistent(false);
+            if let Some(store) = &self.store {
+                store.session_ended(&entry.client_id);
+                for d in in_flight.iter().chain(queued.iter()) {
+                    if d.seq == 0 {
+                        continue;
+                    }
+                    if let Some(op) = store.release_body(&d.msg) {
+                        store.submit(op);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lets go of a stored message that will not be delivered (acknowledged, expired,
+    /// dropped).
+    pub fn done(&self, entry: &SessionEntry, d: &Delivery) {
+        if let (Some(store), true) = (&self.store, d.seq != 0) {
+            store.done(&entry.client_id, d);
+        }
     }
 
     /// Schedules the end of a session that is left without a connection, `expiry` seconds
@@ -113,12 +191,12 @@ impl Shared {
         self: &Arc<Self>,
         entry: Arc<SessionEntry>,
         generation: u64,
-        expiry: u32,
+        expiry: u64,
     ) {
         let shared = self.clone();
         self.tracker.spawn(async move {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {}
+                _ = tokio::time::sleep(Duration::from_secs(expiry)) => {}
                 _ = shared.shutdown.cancelled() => return,
             }
             if shared.sessions.remove_expired(&entry, generation) {
@@ -128,6 +206,49 @@ impl Shared {
             }
         });
     }
+
+    /// Publishes a will `delay` seconds from now unless the session's client comes back
+    /// (its generation changes) first. The store keeps it meanwhile.
+    pub fn schedule_will(
+        self: &Arc<Self>,
+        entry: Arc<SessionEntry>,
+        generation: u64,
+        msg: Message,
+        delay: u64,
+    ) {
+        let shared = self.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(delay)) => {}
+                _ = shared.shutdown.cancelled() => return,
+            }
+            if entry.generation() == generation {
+                if let Some(store) = &shared.store {
+                    store.will_gone(&entry.client_id);
+                }
+                shared.publish(Arc::new(msg), &mut Vec::new());
+            }
+        });
+    }
+}
+
+/// A publisher's hold on a message body while it offers the message to sessions.
+#[derive(Debug, Default)]
+pub(crate) struct BodyHold {
+    held: bool,
+    /// The body's write, until a stored message takes it along.
+    body: Option<crate::store::Op>,
+    /// Whether a message was written to the store.
+    stored: bool,
+}
+
+/// What routing a message did.
+#[derive(Debug, Default)]
+pub(crate) struct Routed {
+    /// Sessions it was queued for.
+    pub queued: usize,
+    /// Whether it was written to the store (for a persistent session, or retained).
+    pub stored: bool,
 }
 
 /// Builds a broker with non-default parts.
@@ -155,6 +276,20 @@ impl BrokerBuilder {
             self.config.validate()?;
         }
         let prepared = crate::listener::prepare(&self.config, custom)?;
+        // Opened before binding: a store that cannot be read stops the start.
+        let store = if self.config.persistence {
+            let dir = self.config.data_dir.clone();
+            let (mode, interval) = (self.config.sync, self.config.sync_interval());
+            let opened = tokio::task::spawn_blocking(move || Store::open(&dir, mode, interval))
+                .await
+                .map_err(|e| crate::store::StoreError::Backend {
+                    path: self.config.data_dir.clone(),
+                    message: format!("opening failed: {e}"),
+                })??;
+            Some(opened)
+        } else {
+            None
+        };
         let mut bound = Vec::new();
         for p in prepared {
             let socket = listen(p.bind).map_err(|source| BrokerError::Bind {
@@ -163,7 +298,7 @@ impl BrokerBuilder {
             })?;
             bound.push((socket, p));
         }
-        Ok(Broker::serve(self.config, bound))
+        Ok(Broker::serve(self.config, bound, store))
     }
 }
 
@@ -232,8 +367,8 @@ impl BrokerHandle {
 }
 
 impl Broker {
-    /// Starts a broker with default settings listening on `addr` (port 0 picks a free port;
-    /// see [`Broker::local_addrs`]).
+    /// Starts an in-memory broker (no store) with default settings listening on `addr` (port
+    /// 0 picks a free port; see [`Broker::local_addrs`]).
     pub async fn bind(addr: impl ToSocketAddrs) -> Result<Broker, BrokerError> {
         let bind_error = |source| BrokerError::Bind {
             addr: "requested address".into(),
@@ -259,8 +394,8 @@ impl Broker {
             addr: "requested address".into(),
             source,
         })?;
-        let config = Config::default().listen([local]);
-        let shared = Self::shared(config);
+        let config = Config::default().listen([local]).in_memory();
+        let shared = Self::shared(config, None);
         let info = Listener::open_tcp(local);
         let mut broker = Broker {
             shared,
@@ -292,9 +427,10 @@ impl Broker {
         BrokerBuilder { config, auth: None }
     }
 
-    fn shared(config: Config) -> Arc<Shared> {
+    fn shared(config: Config, store: Option<Store>) -> Arc<Shared> {
         Arc::new(Shared {
             config,
+            store,
             router: Router::default(),
             retained: RetainStore::default(),
             sessions: Sessions::default(),
@@ -306,9 +442,18 @@ impl Broker {
         })
     }
 
-    fn serve(config: Config, bound: Vec<(TcpListener, Prepared)>) -> Broker {
+    fn serve(
+        config: Config,
+        bound: Vec<(TcpListener, Prepared)>,
+        store: Option<(Store, Snapshot)>,
+    ) -> Broker {
+        let (store, snapshot) = store.unzip();
+        let shared = Self::shared(config, store);
+        if let Some(snapshot) = snapshot {
+            crate::store::restore(&shared, snapshot);
+        }
         let mut broker = Broker {
-            shared: Self::shared(config),
+            shared,
             local_addrs: Vec::new(),
             listeners: Vec::new(),
             tls: Arc::from(Vec::new()),
@@ -396,6 +541,18 @@ impl Broker {
         self.shared.shutdown.cancelled().await;
         self.shared.tracker.close();
         self.shared.tracker.wait().await;
+        if self.shared.store.is_some() {
+            // Every connection has written its session's last state: sync and stop.
+            let shared = self.shared.clone();
+            let closing = tokio::task::spawn_blocking(move || {
+                if let Some(store) = &shared.store {
+                    store.close();
+                }
+            });
+            if closing.await.is_err() {
+                tracing::error!("closing the store failed");
+            }
+        }
         info!("broker stopped");
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::store::SyncMode;
 use crate::tls::TlsFiles;
 
 /// Why a configuration cannot be used.
@@ -263,6 +264,20 @@ pub struct Config {
     /// one (`false` without a `password_file` is then an error); for `[[listener]]` tables:
     /// refused unless the table says otherwise.
     pub allow_anonymous: Option<bool>,
+    /// Keep retained messages and persistent sessions (subscriptions, queued and in-flight
+    /// QoS 1/2 messages, inbound QoS 2 ids, delayed wills) in `data_dir` across restarts.
+    /// Default true; `false` (or `sagitta broker --memory`) keeps everything in memory.
+    pub persistence: bool,
+    /// Directory of the store, created if missing. Default `data` (relative to the working
+    /// directory).
+    pub data_dir: PathBuf,
+    /// When the store is synced to disk: `always` (a QoS 1/2 PUBLISH is acknowledged only
+    /// once it is on disk for every persistent session that gets it; many publishes share one
+    /// sync), `periodic` (every `sync_interval_ms`: a crash loses at most that window), or
+    /// `never` (the operating system decides). Default `periodic`.
+    pub sync: SyncMode,
+    /// Milliseconds between syncs with `sync = "periodic"`. Default 100.
+    pub sync_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -287,11 +302,33 @@ impl Default for Config {
             sys_interval: 10,
             password_file: None,
             allow_anonymous: None,
+            persistence: true,
+            data_dir: PathBuf::from("data"),
+            sync: SyncMode::Periodic,
+            sync_interval_ms: 100,
         }
     }
 }
 
 impl Config {
+    /// Turns persistence off: an in-memory broker (builder style).
+    pub fn in_memory(mut self) -> Self {
+        self.persistence = false;
+        self
+    }
+
+    /// Keeps the store in `dir` (builder style; turns persistence on).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.persistence = true;
+        self.data_dir = dir.into();
+        self
+    }
+
+    /// The sync interval of `sync = "periodic"`.
+    pub fn sync_interval(&self) -> Duration {
+        Duration::from_millis(self.sync_interval_ms)
+    }
+
     /// Parses TOML text and validates it.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
@@ -341,6 +378,15 @@ impl Config {
             return invalid(
                 "allow_anonymous",
                 "`false` needs a `password_file` (without one no client can be identified)",
+            );
+        }
+        if self.sync_interval_ms == 0 {
+            return invalid("sync_interval_ms", "must be at least 1");
+        }
+        if self.persistence && self.data_dir.as_os_str().is_empty() {
+            return invalid(
+                "data_dir",
+                "must not be empty (or set `persistence = false`)",
             );
         }
         if self.connect_timeout == 0 {

@@ -23,12 +23,13 @@ use tokio::time::Sleep;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::auth::ConnectInfo;
-use crate::broker::Shared;
+use crate::broker::{BodyHold, Shared};
 use crate::listener::ConnContext;
 use crate::message::{ClientId, Delivery, Message};
 use crate::metrics::Metrics;
 use crate::router::Target;
 use crate::session::{Kick, NEVER_EXPIRES, SessionEntry, SessionState};
+use crate::store::{Store, SyncMode};
 
 /// Bytes reserved for a socket read at first; an idle connection keeps no more than this.
 const READ_MIN: usize = 256;
@@ -408,6 +409,16 @@ where
     };
     state.exists = true;
     state.expiry = expiry;
+    if let Some(store) = &shared.store {
+        if expiry > 0 {
+            store.session(&client_id, expiry, 0);
+            entry.set_persistent(true);
+        }
+        if std::mem::take(&mut state.will_stored) {
+            // The client is back before its delayed will was published: it never will be.
+            store.will_gone(&client_id);
+        }
+    }
     let client_receive_max = connect
         .properties
         .receive_maximum
@@ -475,6 +486,7 @@ where
         out_aliases: (alias_max > 0).then(|| Box::new(OutboundAliases::new(alias_max))),
         received: 0,
         sent: 0,
+        gate: None,
     };
     conn.resend_inflight();
     Some(conn)
@@ -505,6 +517,26 @@ struct Conn<S> {
     out_aliases: Option<Box<OutboundAliases>>,
     received: u64,
     sent: u64,
+    /// With `sync = "always"`: acknowledgements waiting for the store.
+    gate: Option<Box<AckGate>>,
+}
+
+/// Acknowledgements of QoS 1/2 publishes held until the store has made them durable, in the
+/// order they must be sent [MQTT-4.6.0-2].
+struct AckGate {
+    /// Each with the store ticket it waits for (0: only for those before it).
+    held: std::collections::VecDeque<(u64, Packet)>,
+    durable: tokio::sync::watch::Receiver<u64>,
+}
+
+impl AckGate {
+    /// Resolves once the store has moved on (or failed).
+    async fn changed(&mut self) {
+        if self.durable.changed().await.is_err() {
+            // The writer is gone (shutdown): nothing more will become durable.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl<S: Transport> Conn<S> {
@@ -546,6 +578,11 @@ impl<S: Transport> Conn<S> {
                     }
                 },
                 _ = self.entry.notified() => {}
+                _ = async { if let Some(g) = self.gate.as_mut() { g.changed().await } }, if self.gate.as_ref().is_some_and(|g| !g.held.is_empty()) => {
+                    if let Some(close) = self.release_acks() {
+                        return close;
+                    }
+                }
                 _ = &mut self.ka_timer, if self.keep_alive > 0 => {
                     // The timer is re-armed lazily: reads only move `last_rx`.
                     match server_keep_alive_deadline(self.last_rx, self.keep_alive) {
@@ -595,17 +632,23 @@ impl<S: Transport> Conn<S> {
     fn handle(&mut self, packet: Packet) -> Option<Close> {
         match packet {
             Packet::Publish(p) => return self.on_publish(p),
-            Packet::PubAck(r) => {
-                if let Err(e) = self.state.outbound.puback(r.packet_id) {
-                    debug!(error = %e, "unexpected PUBACK");
-                }
-            }
+            Packet::PubAck(r) => match self.state.outbound.puback(r.packet_id) {
+                Ok(d) => self.shared.done(&self.entry, &d),
+                Err(e) => debug!(error = %e, "unexpected PUBACK"),
+            },
             Packet::PubRec(r) => match self.state.outbound.pubrec(r.packet_id, r.reason) {
                 Ok(PubRecOutcome::SendPubRel(id)) => {
+                    if let (Some(store), Some(d)) =
+                        (&self.shared.store, self.state.outbound.get(id))
+                        && d.seq != 0
+                    {
+                        store.in_flight(&self.client_id, d, id, Stage::AwaitingPubComp);
+                    }
                     self.send(Packet::PubRel(PubResponse::new(id)))
                 }
-                Ok(PubRecOutcome::Refused(_, reason)) => {
+                Ok(PubRecOutcome::Refused(d, reason)) => {
                     debug!(%reason, "client refused a QoS 2 message");
+                    self.shared.done(&self.entry, &d);
                 }
                 Err(FlowError::UnknownPacketId(_)) => {
                     let mut rel = PubResponse::new(r.packet_id);
@@ -617,13 +660,17 @@ impl<S: Transport> Conn<S> {
             Packet::PubRel(r) => {
                 let mut comp = PubResponse::new(r.packet_id);
                 comp.reason = self.state.inbound.pubrel(r.packet_id);
-                self.send(Packet::PubComp(comp));
-            }
-            Packet::PubComp(r) => {
-                if let Err(e) = self.state.outbound.pubcomp(r.packet_id) {
-                    debug!(error = %e, "unexpected PUBCOMP");
+                if let Some(store) = self.stored_session()
+                    && comp.reason == ReasonCode::Success
+                {
+                    store.qos2_released(&self.client_id, r.packet_id);
                 }
+                self.send_ack(Packet::PubComp(comp), 0);
             }
+            Packet::PubComp(r) => match self.state.outbound.pubcomp(r.packet_id) {
+                Ok(d) => self.shared.done(&self.entry, &d),
+                Err(e) => debug!(error = %e, "unexpected PUBCOMP"),
+            },
             Packet::Subscribe(s) => self.on_subscribe(s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => self.send(Packet::PingResp),
@@ -704,25 +751,30 @@ impl<S: Transport> Conn<S> {
             reason = ReasonCode::NotAuthorized;
         }
         let mut deliver = reason == ReasonCode::Success;
-        if p.qos == QoS::ExactlyOnce {
-            if let Some(id) = p.packet_id {
-                match self
-                    .state
-                    .inbound
-                    .publish(id, usize::from(self.shared.config.receive_maximum))
-                {
-                    Ok(Qos2Publish::New) => {}
-                    Ok(Qos2Publish::Duplicate) => deliver = false,
-                    Err(_) => {
-                        return Some(Close::Protocol(
-                            ReasonCode::ReceiveMaximumExceeded,
-                            "more unreleased QoS 2 publishes than Receive Maximum".into(),
-                        ));
+        if p.qos == QoS::ExactlyOnce
+            && let Some(id) = p.packet_id
+        {
+            match self
+                .state
+                .inbound
+                .publish(id, usize::from(self.shared.config.receive_maximum))
+            {
+                Ok(Qos2Publish::New) => {
+                    if let Some(store) = self.stored_session().filter(|_| deliver) {
+                        store.qos2_received(&self.client_id, id);
                     }
+                }
+                Ok(Qos2Publish::Duplicate) => deliver = false,
+                Err(_) => {
+                    return Some(Close::Protocol(
+                        ReasonCode::ReceiveMaximumExceeded,
+                        "more unreleased QoS 2 publishes than Receive Maximum".into(),
+                    ));
                 }
             }
         }
         let mut matched = 0;
+        let mut stored = false;
         if deliver {
             let mut properties = p.properties;
             properties.topic_alias = None;
@@ -734,15 +786,29 @@ impl<S: Transport> Conn<S> {
                 retain: p.retain,
                 properties: Message::boxed_properties(properties),
                 origin: Some(self.client_id.clone()),
+                stored: Default::default(),
             };
             let mut targets = TARGETS.take();
-            matched = self.shared.publish(Arc::new(msg), &mut targets);
+            let routed = self.shared.publish(Arc::new(msg), &mut targets);
             TARGETS.set(targets);
+            matched = routed.queued;
+            stored = routed.stored;
         }
         if v5 && reason == ReasonCode::Success && deliver && matched == 0 {
             reason = ReasonCode::NoMatchingSubscribers;
         }
         if let Some(id) = p.packet_id {
+            // With sync = "always", what this publish wrote must be on disk before the
+            // acknowledgement (and any QoS 2 id recorded above).
+            let ticket = match &self.shared.store {
+                Some(store)
+                    if store.mode() == SyncMode::Always
+                        && (stored || p.qos == QoS::ExactlyOnce && self.entry.is_persistent()) =>
+                {
+                    store.submitted()
+                }
+                _ => 0,
+            };
             let mut response = PubResponse::new(id);
             response.reason = reason;
             if reason.is_error() && self.problem_info {
@@ -753,13 +819,13 @@ impl<S: Transport> Conn<S> {
                 response.properties.reason_string = MqttStr::new(why).ok();
             }
             match p.qos {
-                QoS::AtLeastOnce => self.send(Packet::PubAck(response)),
+                QoS::AtLeastOnce => self.send_ack(Packet::PubAck(response), ticket),
                 QoS::ExactlyOnce => {
                     if reason.is_error() {
                         // A refused QoS 2 message does not wait for PUBREL.
                         self.state.inbound.pubrel(id);
                     }
-                    self.send(Packet::PubRec(response));
+                    self.send_ack(Packet::PubRec(response), ticket);
                 }
                 QoS::AtMostOnce => {}
             }
@@ -794,13 +860,14 @@ impl<S: Transport> Conn<S> {
                         }
                         let d = Delivery {
                             qos: msg.qos.min(options.qos),
-                            msg,
+                            msg: msg.clone(),
                             retain: true,
                             sub_ids: sub_id.into_iter().collect(),
+                            seq: 0,
                         };
-                        if entry.enqueue(d, true) != crate::session::Enqueued::Queued {
-                            Metrics::add(&shared.metrics.dropped_queue_full, 1);
-                        }
+                        let mut hold = BodyHold::default();
+                        shared.offer(entry, d, &mut hold);
+                        shared.let_go(&msg, hold);
                     }
                 });
             reasons.push(match options.qos {
@@ -808,6 +875,9 @@ impl<S: Transport> Conn<S> {
                 QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
                 QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
             });
+            if let Some(store) = self.stored_session() {
+                store.subscribed(&self.client_id, &filter, &options, sub_id);
+            }
             self.state.subscriptions.insert(filter, (options, sub_id));
         }
         // The SUBACK goes out before the retained messages: those wait in the mailbox until
@@ -824,6 +894,9 @@ impl<S: Transport> Conn<S> {
         for filter in &u.filters {
             let existed = self.state.subscriptions.remove(filter).is_some();
             self.shared.router.unsubscribe(&self.client_id, filter);
+            if let Some(store) = self.stored_session().filter(|_| existed) {
+                store.unsubscribed(&self.client_id, filter);
+            }
             reasons.push(if existed {
                 ReasonCode::Success
             } else {
@@ -905,6 +978,7 @@ impl<S: Transport> Conn<S> {
     fn deliver(&mut self, d: Delivery, now: Instant) {
         if d.msg.is_expired(now) {
             Metrics::add(&self.shared.metrics.dropped_expired, 1);
+            self.shared.done(&self.entry, &d);
             return;
         }
         let v5 = self.version.is_v5();
@@ -922,14 +996,19 @@ impl<S: Transport> Conn<S> {
             payload: &d.msg.payload,
             properties: own_props.as_ref().unwrap_or(d.msg.properties()),
         };
-        let Ok(len) = view.encoded_len(self.version) else {
-            return;
+        let len = match view.encoded_len(self.version) {
+            // Never send a packet larger than the client accepts [MQTT-3.1.2-24]: drop it.
+            Ok(len) if len > self.client_max_packet => {
+                Metrics::add(&self.shared.metrics.dropped_too_large, 1);
+                self.shared.done(&self.entry, &d);
+                return;
+            }
+            Ok(len) => len,
+            Err(_) => {
+                self.shared.done(&self.entry, &d);
+                return;
+            }
         };
-        // Never send a packet larger than the client accepts [MQTT-3.1.2-24]: drop it.
-        if len > self.client_max_packet {
-            Metrics::add(&self.shared.metrics.dropped_too_large, 1);
-            return;
-        }
         let mut alias_only = false;
         if let Some(out_aliases) = self
             .out_aliases
@@ -961,10 +1040,17 @@ impl<S: Transport> Conn<S> {
                     return;
                 }
             };
-            match self.state.outbound.last() {
-                Some(d) => (d, Some(id)),
-                None => return,
+            let Some(d) = self.state.outbound.last() else {
+                return;
+            };
+            if let (Some(store), true) = (&self.shared.store, d.seq != 0) {
+                let stage = match qos {
+                    QoS::ExactlyOnce => Stage::AwaitingPubRec,
+                    _ => Stage::AwaitingPubAck,
+                };
+                store.in_flight(&self.client_id, d, id, stage);
             }
+            (d, Some(id))
         };
         let view = PublishRef {
             dup: false,
@@ -1059,19 +1145,21 @@ impl<S: Transport> Conn<S> {
         let ended = expiry == 0;
         if ended {
             self.shared.clear_session(&self.entry, &mut self.state);
+        } else if let Some(store) = self.stored_session() {
+            store.session_left(&self.client_id, expiry);
         }
         self.shared
             .sessions
             .release(&self.entry, self.conn_id, ended);
         if !ended && expiry != NEVER_EXPIRES && !matches!(close, Close::TakenOver) {
             self.shared
-                .schedule_expiry(self.entry.clone(), self.generation, expiry);
+                .schedule_expiry(self.entry.clone(), self.generation, u64::from(expiry));
         }
     }
 
     /// Publishes the will now, or after its delay (at most the session expiry) unless the
     /// client reconnects first [MQTT-3.1.3-9].
-    fn publish_will(&self, will: Will, session_expiry: u32) {
+    fn publish_will(&mut self, will: Will, session_expiry: u32) {
         let delay = will
             .properties
             .will_delay_interval
@@ -1094,22 +1182,69 @@ impl<S: Transport> Conn<S> {
             retain: will.retain,
             properties: Message::boxed_properties(properties),
             origin: Some(self.client_id.clone()),
+            stored: Default::default(),
         };
         if delay == 0 {
             self.shared.publish(Arc::new(msg), &mut Vec::new());
             return;
         }
-        let shared = self.shared.clone();
-        let entry = self.entry.clone();
-        let generation = self.generation;
-        self.shared.tracker.spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {}
-                _ = shared.shutdown.cancelled() => return,
+        if let Some(store) = self.stored_session() {
+            store.will_delayed(
+                &self.client_id,
+                &msg,
+                crate::store::record::wall_ms() + u64::from(delay) * 1000,
+            );
+            self.state.will_stored = true;
+        }
+        self.shared
+            .schedule_will(self.entry.clone(), self.generation, msg, u64::from(delay));
+    }
+
+    /// The store, if this session is kept in it.
+    fn stored_session(&self) -> Option<&Store> {
+        self.shared
+            .store
+            .as_ref()
+            .filter(|_| self.entry.is_persistent())
+    }
+
+    /// Sends an acknowledgement once the store ticket `ticket` is durable, and after the
+    /// acknowledgements held before it.
+    fn send_ack(&mut self, packet: Packet, ticket: u64) {
+        match (&mut self.gate, &self.shared.store) {
+            (Some(gate), _) if !gate.held.is_empty() => gate.held.push_back((ticket, packet)),
+            (_, Some(store)) if ticket > *store.durable().borrow() => {
+                let gate = self.gate.get_or_insert_with(|| {
+                    Box::new(AckGate {
+                        held: std::collections::VecDeque::new(),
+                        durable: store.durable(),
+                    })
+                });
+                gate.held.push_back((ticket, packet));
             }
-            if entry.generation() == generation {
-                shared.publish(Arc::new(msg), &mut Vec::new());
+            _ => self.send(packet),
+        }
+    }
+
+    /// Sends the held acknowledgements whose writes are durable now.
+    fn release_acks(&mut self) -> Option<Close> {
+        let gate = self.gate.as_mut()?;
+        let durable = *gate.durable.borrow_and_update();
+        let mut ready = Vec::new();
+        while gate.held.front().is_some_and(|(t, _)| *t <= durable) {
+            if let Some((_, p)) = gate.held.pop_front() {
+                ready.push(p);
             }
-        });
+        }
+        for p in ready {
+            self.send(p);
+        }
+        if self.shared.store.as_ref().is_some_and(Store::failed) {
+            return Some(Close::Protocol(
+                ReasonCode::UnspecifiedError,
+                "the broker cannot store messages".into(),
+            ));
+        }
+        None
     }
 }

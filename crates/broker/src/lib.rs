@@ -24,6 +24,8 @@
 //! - [`auth`]: the [`Authenticator`] trait authentication plugs into.
 //! - [`password`]: [`PasswordFile`], Mosquitto-compatible password-file authentication.
 //! - [`metrics`]: broker-wide counters.
+//! - [`store`]: persistence of retained messages and persistent sessions (the [`store::Backend`]
+//!   trait and its redb implementation, group commit, restart recovery).
 //!
 //! The publish path: a connection task decodes a PUBLISH, matches it against the router under a
 //! read lock, and pushes one `Arc`-shared message pointer into each matching session's bounded
@@ -44,6 +46,7 @@ pub mod password;
 mod retain;
 mod router;
 mod session;
+pub mod store;
 pub mod tls;
 
 pub use auth::{AllowAll, Authenticator, ConnectInfo};
@@ -53,4 +56,5 @@ pub use listener::ListenerInfo;
 pub use message::Message;
 pub use metrics::Metrics;
 pub use password::{PasswordFile, PasswordFileError, PasswordHash};
+pub use store::{StoreError, SyncMode};
 pub use tls::{ClientCertificate, TlsError};

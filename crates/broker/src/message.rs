@@ -2,6 +2,7 @@
 //! received, and one small [`Delivery`] per subscriber pointing at it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,6 +29,16 @@ pub struct Message {
     pub origin: Option<ClientId>,
     /// When the Message Expiry Interval runs out.
     pub expires_at: Option<Instant>,
+    /// Its body in the store, once it is queued for a persistent session.
+    pub(crate) stored: StoredBody,
+}
+
+/// A message's body in the store: its id (0 until stored) and how many queued messages
+/// point at it (the publisher holds one more while it routes).
+#[derive(Debug, Default)]
+pub(crate) struct StoredBody {
+    pub id: AtomicU64,
+    pub refs: AtomicU32,
 }
 
 impl Message {
@@ -41,6 +52,7 @@ impl Message {
             properties: None,
             origin: None,
             expires_at: None,
+            stored: StoredBody::default(),
         }
     }
 
@@ -88,6 +100,8 @@ pub(crate) struct Delivery {
     pub retain: bool,
     /// Subscription Identifiers of the matching subscriptions (5.0).
     pub sub_ids: Vec<SubscriptionId>,
+    /// Its sequence number in the store (queue order), or 0 if it is not stored.
+    pub seq: u64,
 }
 
 /// The hash map of the broker's hot paths (router, retained store, sessions): foldhash is

@@ -288,10 +288,10 @@ impl PasswordFile {
     /// Checks `user`'s `password`.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
         let key = cache_key(user, password);
-        if let Ok(set) = self.verified.lock() {
-            if set.contains(&key) {
-                return true;
-            }
+        if let Ok(set) = self.verified.lock()
+            && set.contains(&key)
+        {
+            return true;
         }
         let ok = match self.users.get(user) {
             Some(hash) => hash.verify(password),

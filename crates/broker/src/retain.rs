@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use crate::message::{FastMap, Message};
+use crate::store::Store;
 
 #[derive(Default)]
 struct Node {
@@ -29,17 +30,38 @@ pub(crate) struct RetainStore {
 impl RetainStore {
     /// Stores `msg` as the retained message of its topic, or deletes the retained message if
     /// the payload is empty [MQTT-3.3.1-6] [MQTT-3.3.1-7].
-    pub fn set(&self, msg: Arc<Message>) {
+    /// With a `store`, the change is written to it (not for `$SYS` topics, which the broker
+    /// makes afresh); returns whether it was.
+    pub fn set(&self, msg: Arc<Message>, store: Option<&Store>) -> bool {
         let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
+        // Under the lock, so that the store sees changes of one topic in the same order.
+        let stored = match store {
+            Some(store) if !msg.topic.starts_with("$SYS") => {
+                store.retained(&msg);
+                true
+            }
+            _ => false,
+        };
+        self.set_locked(&mut root, msg);
+        stored
+    }
+
+    /// Puts back a retained message read from the store.
+    pub fn restore(&self, msg: Arc<Message>) {
+        let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
+        self.set_locked(&mut root, msg);
+    }
+
+    fn set_locked(&self, root: &mut Node, msg: Arc<Message>) {
         let topic = msg.topic.as_str().to_owned();
         if msg.payload.is_empty() {
             let levels: Vec<&str> = topic.split('/').collect();
-            if remove(&mut root, &levels) {
+            if remove(root, &levels) {
                 self.count.fetch_sub(1, Ordering::Relaxed);
             }
             return;
         }
-        let mut node = &mut *root;
+        let mut node = root;
         for level in topic.split('/') {
             node = node.children.entry(level.into()).or_default();
         }
@@ -149,9 +171,9 @@ mod tests {
     fn set_replace_delete_and_match() {
         let s = RetainStore::default();
         for t in ["a", "a/b", "a/c", "a/b/c", "$SYS/x", "/lead"] {
-            s.set(msg(t, "1"));
+            s.set(msg(t, "1"), None);
         }
-        s.set(msg("a/b", "2"));
+        s.set(msg("a/b", "2"), None);
         assert_eq!(s.len(), 6);
         assert_eq!(topics(&s, "#"), ["/lead", "a", "a/b", "a/b/c", "a/c"]);
         assert_eq!(topics(&s, "a/#"), ["a", "a/b", "a/b/c", "a/c"]);
@@ -161,10 +183,10 @@ mod tests {
         assert_eq!(topics(&s, "$SYS/#"), ["$SYS/x"]);
         assert_eq!(topics(&s, "+/x"), Vec::<String>::new());
         assert_eq!(&s.matching("a/b", Instant::now())[0].payload[..], b"2");
-        s.set(msg("a/b", ""));
+        s.set(msg("a/b", ""), None);
         assert_eq!(s.len(), 5);
         assert_eq!(topics(&s, "a/+"), ["a/c"]);
-        s.set(msg("nothing/here", ""));
+        s.set(msg("nothing/here", ""), None);
         assert_eq!(s.len(), 5);
     }
 }

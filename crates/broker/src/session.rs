@@ -67,6 +67,8 @@ pub(crate) struct SessionEntry {
     mailbox: Mutex<Mailbox>,
     notify: Notify,
     connected: AtomicBool,
+    /// Kept in the store: its QoS 1/2 messages are stored as they are queued.
+    persistent: AtomicBool,
     /// Subscriptions of this session in the router (kept by the router): with at most one,
     /// a message cannot match the session twice and routing skips merging its targets.
     pub(crate) routes: std::sync::atomic::AtomicU32,
@@ -89,6 +91,7 @@ impl SessionEntry {
             }),
             notify: Notify::new(),
             connected: AtomicBool::new(false),
+            persistent: AtomicBool::new(false),
             routes: std::sync::atomic::AtomicU32::new(0),
             generation: AtomicU64::new(0),
             state: Arc::new(tokio::sync::Mutex::new(SessionState::default())),
@@ -104,6 +107,15 @@ impl SessionEntry {
         self.connected.store(connected, Ordering::Release);
     }
 
+    /// Whether the session is kept in the store.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Acquire)
+    }
+
+    pub fn set_persistent(&self, persistent: bool) {
+        self.persistent.store(persistent, Ordering::Release);
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -114,7 +126,14 @@ impl SessionEntry {
 
     /// Offers a message. QoS 0 messages are dropped while no connection owns the session
     /// unless `queue_qos0_offline`; anything past the queue limit is dropped.
-    pub fn enqueue(&self, delivery: Delivery, queue_qos0_offline: bool) -> Enqueued {
+    /// `on_queued` is called with the message under the mailbox lock once it is queued
+    /// (before the connection can take it).
+    pub fn enqueue_with(
+        &self,
+        delivery: Delivery,
+        queue_qos0_offline: bool,
+        on_queued: impl FnOnce(&Delivery),
+    ) -> Enqueued {
         let connected = self.is_connected();
         if !connected && delivery.qos == QoS::AtMostOnce && !queue_qos0_offline {
             return Enqueued::DroppedOffline;
@@ -125,6 +144,7 @@ impl SessionEntry {
                 return Enqueued::DroppedQueueFull;
             }
             let was_empty = mb.queue.is_empty();
+            on_queued(&delivery);
             mb.queue.push_back(delivery);
             was_empty
         };
@@ -154,9 +174,14 @@ impl SessionEntry {
         }
     }
 
-    /// Drops every queued message.
-    pub fn clear_queue(&self) {
-        self.mailbox().queue.clear();
+    /// Removes every queued message.
+    pub fn clear_queue(&self) -> VecDeque<Delivery> {
+        std::mem::take(&mut self.mailbox().queue)
+    }
+
+    /// Puts messages read from the store back in the queue, in order, whatever the limit.
+    pub fn restore_queue(&self, deliveries: impl IntoIterator<Item = Delivery>) {
+        self.mailbox().queue.extend(deliveries);
     }
 
     /// Makes the next [`SessionEntry::notified`] return at once.
@@ -183,6 +208,8 @@ pub(crate) struct SessionState {
     pub inbound: InboundQos2,
     /// Session Expiry Interval in seconds ([`NEVER_EXPIRES`] for never).
     pub expiry: u32,
+    /// A will waiting for its delay is in the store.
+    pub will_stored: bool,
 }
 
 impl Default for SessionState {
@@ -193,6 +220,7 @@ impl Default for SessionState {
             outbound: OutboundWindow::new(u16::MAX),
             inbound: InboundQos2::new(),
             expiry: 0,
+            will_stored: false,
         }
     }
 }
@@ -273,6 +301,11 @@ impl Sessions {
         } else {
             false
         }
+    }
+
+    /// Adds a session read from the store.
+    pub fn restore(&self, entry: Arc<SessionEntry>) {
+        self.map().insert(entry.client_id.clone(), entry);
     }
 
     /// Number of sessions (connected or not).

@@ -310,7 +310,7 @@ mod der {
                 .then(|| String::from_utf8_lossy(contents).into_owned()),
             0x14 => Some(contents.iter().map(|&b| char::from(b)).collect()),
             0x1e => {
-                if contents.len() % 2 != 0 {
+                if !contents.len().is_multiple_of(2) {
                     return None;
                 }
                 let units = contents

@@ -72,7 +72,7 @@ async fn second_connect_is_a_protocol_error() {
 async fn connect_timeout_closes_silent_sockets() {
     let b = broker_with(Config {
         connect_timeout: 1,
-        ..Config::default()
+        ..Config::default().in_memory()
     })
     .await;
     let mut p = Peer::open(addr(&b), V3_1_1).await;
@@ -114,7 +114,7 @@ async fn connack_announces_broker_limits_to_v5_clients() {
         topic_alias_maximum: 3,
         max_packet_size: 5000,
         max_keep_alive: 30,
-        ..Config::default()
+        ..Config::default().in_memory()
     })
     .await;
     let (_p, ack) = Peer::connect_with(addr(&b), connect_packet(V5, "limits")).await;
@@ -249,7 +249,7 @@ async fn custom_authenticator_can_refuse() {
     }
     let config = Config {
         listen: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))],
-        ..Config::default()
+        ..Config::default().in_memory()
     };
     let b = sagitta_broker::Broker::builder(config)
         .authenticator(OnlyAlice)
@@ -301,7 +301,7 @@ async fn malformed_packet_closes_only_that_connection() {
 async fn oversized_packet_is_refused_from_its_header() {
     let b = broker_with(Config {
         max_packet_size: 1024,
-        ..Config::default()
+        ..Config::default().in_memory()
     })
     .await;
     let mut p = Peer::connect(addr(&b), V5, "big").await;

@@ -95,7 +95,7 @@ async fn password_file_accepts_and_refuses() {
         password_file: Some(path.clone()),
         // Refusals answered at once here; the delay has its own test.
         failed_login_delay_ms: 0,
-        ..Config::default()
+        ..Config::default().in_memory()
     };
     let broker = broker_with(config).await;
     for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
@@ -133,7 +133,7 @@ async fn password_file_accepts_and_refuses() {
         password_file: Some(path),
         allow_anonymous: Some(true),
         failed_login_delay_ms: 0,
-        ..Config::default()
+        ..Config::default().in_memory()
     };
     let broker = broker_with(config).await;
     let v = ProtocolVersion::V3_1_1;
@@ -154,7 +154,7 @@ async fn a_refused_login_waits_before_its_connack() {
     let config = Config {
         password_file: Some(path),
         failed_login_delay_ms: 600,
-        ..Config::default()
+        ..Config::default().in_memory()
     };
     let broker = broker_with(config).await;
     for (user, pw, expected) in [
@@ -192,7 +192,7 @@ async fn bad_password_file_fails_start_with_file_and_line() {
     let config = Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         password_file: Some(path.clone()),
-        ..Config::default()
+        ..Config::default().in_memory()
     };
     let e = match Broker::start(config).await {
         Err(e @ BrokerError::PasswordFile(_)) => e.to_string(),
@@ -206,7 +206,7 @@ async fn bad_password_file_fails_start_with_file_and_line() {
     let config = Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         password_file: Some(dir.join("missing")),
-        ..Config::default()
+        ..Config::default().in_memory()
     };
     assert!(Broker::start(config).await.is_err());
     let _ = std::fs::remove_dir_all(dir);

@@ -108,7 +108,7 @@ async fn unacknowledged_messages_are_resent_with_dup_after_reconnect() {
 async fn offline_queue_is_bounded() {
     let b = broker_with(Config {
         max_queued_messages: 3,
-        ..Config::default()
+        ..Config::default().in_memory()
     })
     .await;
     let (mut sub, _) = Peer::connect_with(addr(&b), persistent(V3_1_1, "small")).await;

@@ -52,7 +52,7 @@ fn tls_listener(pki: &Pki) -> ListenerConfig {
 async fn start(listeners: Vec<ListenerConfig>) -> Broker {
     let config = Config {
         listeners,
-        ..Config::default()
+        ..Config::default().in_memory()
     };
     Broker::start(config).await.expect("broker starts")
 }
@@ -385,7 +385,7 @@ async fn certificate_identity_is_the_username_an_authenticator_sees() {
                 .client_ca(pki.path("ca.pem"))
                 .name("by-password"),
         ],
-        ..Config::default()
+        ..Config::default().in_memory()
     };
     // No allow_anonymous / password file: the authenticator decides alone.
     let broker = Broker::builder(config)
@@ -430,7 +430,7 @@ async fn certificate_identity_needs_no_password() {
         // The global password file applies to tables without their own, except those that
         // identify clients by certificate.
         password_file: Some(passwd),
-        ..Config::default()
+        ..Config::default().in_memory()
     };
     config.listeners = vec![
         tls_listener(&pki)
@@ -595,7 +595,7 @@ async fn unusable_tls_files_stop_the_start_and_name_the_file() {
     for (listener, expected) in cases {
         let config = Config {
             listeners: vec![listener.allow_anonymous(true)],
-            ..Config::default()
+            ..Config::default().in_memory()
         };
         let checked = Broker::check_config(&config).unwrap_err().to_string();
         let e = match Broker::start(config).await {
@@ -615,7 +615,7 @@ async fn a_silent_peer_does_not_hold_up_tls_accepts() {
     let pki = Pki::new("silent");
     let mut config = Config {
         connect_timeout: 1,
-        ..Config::default()
+        ..Config::default().in_memory()
     };
     config.listeners = vec![tls_listener(&pki).allow_anonymous(true)];
     let broker = Broker::start(config).await.unwrap();

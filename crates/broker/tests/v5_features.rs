@@ -42,7 +42,7 @@ async fn inbound_topic_alias_is_resolved() {
 async fn topic_alias_above_maximum_closes_with_0x94() {
     let b = broker_with(Config {
         topic_alias_maximum: 2,
-        ..Config::default()
+        ..Config::default().in_memory()
     })
     .await;
     let mut p = Peer::connect(addr(&b), V5, "c").await;
@@ -172,7 +172,7 @@ async fn request_response_and_user_properties_pass_through() {
 async fn exceeding_receive_maximum_closes_with_0x93() {
     let b = broker_with(Config {
         receive_maximum: 2,
-        ..Config::default()
+        ..Config::default().in_memory()
     })
     .await;
     let mut p = Peer::connect(addr(&b), V5, "greedy").await;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sagitta_broker::{Broker, Config};
+use sagitta_broker::{Broker, Config, SyncMode};
 use tracing_subscriber::EnvFilter;
 
 mod bench;
@@ -59,6 +59,16 @@ struct BrokerArgs {
     /// names) and exit: 0 if valid, 2 if not.
     #[arg(long)]
     check_config: bool,
+    /// Keep everything in memory: no store, nothing survives a restart (sets
+    /// `persistence = false`).
+    #[arg(long, conflicts_with = "data_dir")]
+    memory: bool,
+    /// Directory of the store (sets `data_dir`; default `data`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// When the store syncs to disk: always, periodic or never (sets `sync`).
+    #[arg(long, value_name = "MODE")]
+    sync: Option<SyncMode>,
 }
 
 fn main() -> ExitCode {
@@ -77,10 +87,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Bench(args) = &cli.command {
-        if let Some(n) = args.worker_threads() {
-            builder.worker_threads(n);
-        }
+    if let Command::Bench(args) = &cli.command
+        && let Some(n) = args.worker_threads()
+    {
+        builder.worker_threads(n);
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -111,6 +121,16 @@ async fn run_broker(args: BrokerArgs) -> ExitCode {
     };
     if !args.listen.is_empty() {
         config.listen = args.listen;
+    }
+    if args.memory {
+        config.persistence = false;
+    }
+    if let Some(dir) = args.data_dir {
+        config.persistence = true;
+        config.data_dir = dir;
+    }
+    if let Some(sync) = args.sync {
+        config.sync = sync;
     }
     if args.check_config {
         // Also reads the password files and the TLS certificates, keys and CAs.

@@ -34,7 +34,12 @@ fn sagitta_broker() -> (Running, u16) {
 fn sagitta_broker_with_pid() -> (Running, u16, u32) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_sagitta"))
-        .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "broker",
+            "--memory",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -56,7 +56,7 @@ fn recv(stream: &mut TcpStream, buf: &mut BytesMut, v: ProtocolVersion) -> Optio
 fn sigint_disconnects_v5_clients_with_0x8b_and_exits_0() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut broker = start(&["broker", "--listen", &listen]);
+    let mut broker = start(&["broker", "--memory", "--listen", &listen]);
     let mut stream = connect_when_up(listen.parse().unwrap());
     let mut out = BytesMut::new();
     let connect = Connect::new(ProtocolVersion::V5, MqttStr::new("cli-test").unwrap());
@@ -104,7 +104,7 @@ fn bad_config_is_a_clear_error_and_exit_code_2() {
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sagitta"))
-        .args(["broker", "--config"])
+        .args(["broker", "--memory", "--config"])
         .arg(&path)
         .output()
         .unwrap();
@@ -124,7 +124,7 @@ fn config_file_sets_the_listen_address() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("ok.toml");
     std::fs::write(&path, format!("listen = [\"127.0.0.1:{port}\"]\n")).unwrap();
-    let _broker = start(&["broker", "--config", path.to_str().unwrap()]);
+    let _broker = start(&["broker", "--memory", "--config", path.to_str().unwrap()]);
     let stream = connect_when_up(SocketAddr::from(([127, 0, 0, 1], port)));
     drop(stream);
     std::fs::remove_dir_all(&dir).unwrap();

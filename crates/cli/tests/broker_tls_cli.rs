@@ -125,7 +125,7 @@ fn sighup_reloads_the_certificate_and_keeps_connections() {
     let port = free_port();
     let config = write_config(&dir, port);
     let child = Command::new(env!("CARGO_BIN_EXE_sagitta"))
-        .args(["broker", "--config"])
+        .args(["broker", "--memory", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -231,7 +231,7 @@ fn check_config_reads_the_tls_files() {
     );
     // Starting with it fails the same way (exit 1: the broker cannot start).
     let out = Command::new(env!("CARGO_BIN_EXE_sagitta"))
-        .args(["broker", "--config"])
+        .args(["broker", "--memory", "--config"])
         .arg(&config)
         .output()
         .unwrap();

@@ -98,7 +98,7 @@ fn passwd_file_works_with_the_broker() {
     .unwrap();
     let _broker = Running::new(
         Command::new(BIN)
-            .args(["broker", "--config", s(&config)])
+            .args(["broker", "--memory", "--config", s(&config)])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

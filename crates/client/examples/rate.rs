@@ -99,10 +99,10 @@ async fn qos1_pipelined(
             .start_publish(topic, payload.clone(), QoS::AtLeastOnce)
             .await?;
         pending.push_back(ack);
-        if pending.len() >= 4096 {
-            if let Some(oldest) = pending.pop_front() {
-                oldest.await?;
-            }
+        if pending.len() >= 4096
+            && let Some(oldest) = pending.pop_front()
+        {
+            oldest.await?;
         }
     }
     for ack in pending {

@@ -657,11 +657,10 @@ impl EventLoop {
                         if room.is_err() || self.msg_tx.try_send(paused.message).is_err() {
                             tracing::debug!("message queue closed; message dropped");
                         }
-                        if let Some(ack) = paused.ack {
-                            if let Err(e) = conn.queue(&ack) {
+                        if let Some(ack) = paused.ack
+                            && let Err(e) = conn.queue(&ack) {
                                 return End::Lost(e);
                             }
-                        }
                     }
                 }
                 request = self.rx.recv(), if accepting => {

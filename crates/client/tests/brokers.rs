@@ -538,10 +538,9 @@ async fn reconnects_after_broker_restart_and_restores_subscriptions(
                 .unwrap();
             if let Ok(Some((topic, _))) =
                 tokio::time::timeout(Duration::from_millis(100), rx.recv()).await
+                && topic == "re/probe"
             {
-                if topic == "re/probe" {
-                    break;
-                }
+                break;
             }
         }
     })

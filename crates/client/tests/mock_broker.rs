@@ -824,10 +824,10 @@ async fn random_bytes_from_the_broker_never_break_the_event_loop() {
     let p = loop {
         // Acknowledgements owed to the random packets of earlier connections are gone;
         // only fresh traffic arrives.
-        if let Packet::Publish(p) = conn.recv().await {
-            if p.topic == "alive" {
-                break p;
-            }
+        if let Packet::Publish(p) = conn.recv().await
+            && p.topic == "alive"
+        {
+            break p;
         }
     };
     conn.send(&Packet::PubAck(PubResponse::new(p.packet_id.unwrap())))

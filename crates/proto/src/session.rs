@@ -132,6 +132,31 @@ impl<T> OutboundWindow<T> {
         Ok(id)
     }
 
+    /// Puts back a message that was in flight with packet id `id` at `stage`, e.g. read from a
+    /// store after a restart, after those in flight already; allowed beyond the limit. The
+    /// counter goes on after `id`. [`FlowError::UnexpectedAck`] if `id` is in flight already.
+    pub fn restore(&mut self, id: PacketId, stage: Stage, item: T) -> Result<(), FlowError> {
+        if self.contains(id) {
+            return Err(FlowError::UnexpectedAck(id.get()));
+        }
+        // Restored ids were not taken from the counter: step 0 makes every allocation check
+        // the window until they are gone (see `in_use`).
+        self.steps = self.steps.max(u64::from(u16::MAX));
+        self.next_id = id.get().checked_add(1).unwrap_or(1);
+        self.slots.push_back(Slot {
+            id,
+            stage,
+            step: 0,
+            item,
+        });
+        Ok(())
+    }
+
+    /// The message in flight with packet id `id`.
+    pub fn get(&self, id: PacketId) -> Option<&T> {
+        self.position(id).ok().map(|i| &self.slots[i].item)
+    }
+
     /// The message most recently put in flight, e.g. to encode it right after
     /// [`Self::insert`] took it.
     pub fn last(&self) -> Option<&T> {
@@ -238,10 +263,10 @@ impl<T> OutboundWindow<T> {
         // awaiting PUBCOMP) then need no scan.
         if let Some(oldest) = self.slots.front() {
             let guess = (i32::from(id.get()) - i32::from(oldest.id.get())).rem_euclid(65_535);
-            if let Ok(i) = usize::try_from(guess) {
-                if self.slots.get(i).is_some_and(|s| s.id == id) {
-                    return Ok(i);
-                }
+            if let Ok(i) = usize::try_from(guess)
+                && self.slots.get(i).is_some_and(|s| s.id == id)
+            {
+                return Ok(i);
             }
         }
         self.slots
@@ -386,6 +411,11 @@ impl InboundQos2 {
     /// The pending ids (for persistence).
     pub fn pending(&self) -> impl Iterator<Item = u16> + '_ {
         self.pending.iter().copied()
+    }
+
+    /// Puts back an id that awaited PUBREL, e.g. read from a store after a restart.
+    pub fn restore(&mut self, id: PacketId) {
+        self.pending.insert(id.get());
     }
 
     /// Forgets every pending id (a new session).

@@ -23,7 +23,7 @@ pub const QUIET: Duration = Duration::from_millis(300);
 
 /// A broker on 127.0.0.1 with a free port.
 pub async fn broker() -> Broker {
-    broker_with(Config::default()).await
+    broker_with(Config::default().in_memory()).await
 }
 
 /// A broker with `config`, listening on a free port of 127.0.0.1.

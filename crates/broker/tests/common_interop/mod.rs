@@ -37,7 +37,9 @@ impl TestBroker {
 
     /// Starts a broker with the default configuration changed by `tweak`.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::default().listen([SocketAddr::from(([127, 0, 0, 1], 0))]);
+        let mut config = Config::default()
+            .in_memory()
+            .listen([SocketAddr::from(([127, 0, 0, 1], 0))]);
         config.sys_interval = 1;
         tweak(&mut config);
         let broker = Broker::start(config).await.expect("broker starts");

@@ -289,10 +289,10 @@ impl Config {
             (d, _) => d,
         };
         let warmup = seconds("--warmup", a.warmup, true)?;
-        if let Some(d) = duration {
-            if warmup >= d {
-                return Err("--warmup must be shorter than --duration".into());
-            }
+        if let Some(d) = duration
+            && warmup >= d
+        {
+            return Err("--warmup must be shorter than --duration".into());
         }
         let drain = seconds("--drain", a.drain, true)?;
         if a.inflight == 0 {

@@ -94,7 +94,7 @@ impl Publisher {
         let mut batches = 0u64;
         loop {
             // Acknowledgements (and, rarely for QoS 0, anything else) that arrived.
-            if qos != QoS::AtMostOnce || batches % 16 == 0 {
+            if qos != QoS::AtMostOnce || batches.is_multiple_of(16) {
                 if !self.link.try_fill()? {
                     return Err(LinkError::Closed);
                 }
@@ -119,12 +119,11 @@ impl Publisher {
                 let need = k * self.fanout;
                 if held < need {
                     let take = (need - held).min(sem.available_permits() as u64);
-                    if take > 0 {
-                        if let Ok(p) = sem.try_acquire_many(u32::try_from(take).unwrap_or(u32::MAX))
-                        {
-                            held += u64::from(p.num_permits() as u32);
-                            p.forget();
-                        }
+                    if take > 0
+                        && let Ok(p) = sem.try_acquire_many(u32::try_from(take).unwrap_or(u32::MAX))
+                    {
+                        held += u64::from(p.num_permits() as u32);
+                        p.forget();
                     }
                 }
                 k = k.min(held / self.fanout);

@@ -119,10 +119,10 @@ impl Subscriber {
                 self.link.flush().await?;
                 last_write = Instant::now();
             }
-            if credits > 0 {
-                if let Some(sem) = &sh.credits {
-                    sem.add_permits(usize::try_from(credits).unwrap_or(usize::MAX));
-                }
+            if credits > 0
+                && let Some(sem) = &sh.credits
+            {
+                sem.add_permits(usize::try_from(credits).unwrap_or(usize::MAX));
             }
             let new = self.stats.unique - unique_before;
             if new > 0 {

@@ -277,10 +277,10 @@ impl Pipeline {
             .start_publish(topic, payload, options.clone())
             .await?;
         self.pending.push_back(pending);
-        if self.pending.len() > WINDOW {
-            if let Some(oldest) = self.pending.pop_front() {
-                oldest.await?;
-            }
+        if self.pending.len() > WINDOW
+            && let Some(oldest) = self.pending.pop_front()
+        {
+            oldest.await?;
         }
         Ok(())
     }

@@ -406,7 +406,7 @@ impl Sagitta {
     /// (Re)starts the broker (on the port it got first), with an empty state.
     pub fn start_again(&mut self) {
         self.kill();
-        let defaults = sagitta_broker::Config::default();
+        let defaults = sagitta_broker::Config::default().in_memory();
         let config = sagitta_broker::Config {
             // Port 0 the first time; then the port we got, so clients find us again.
             listen: vec![std::net::SocketAddr::from(([127, 0, 0, 1], self.port))],

@@ -1,0 +1,410 @@
+//! Persistence: what the broker must not forget across a restart (retained messages,
+//! persistent sessions with their subscriptions, queued and in-flight QoS 1/2 messages,
+//! inbound QoS 2 packet ids awaiting PUBREL, delayed wills), written behind the in-memory
+//! state to an embedded key-value store.
+//!
+//! ## Layout
+//! - [`Backend`]: the key-value store trait (atomic batches of puts and deletes, a sync, a
+//!   scan per table); [`RedbBackend`] is the one the broker uses.
+//! - `record`: the byte format of keys and values, and the [`Snapshot`] read at start.
+//! - [`Store`]: the handle the broker's tasks write through. Operations are queued in
+//!   memory in the order the broker's state changed; one writer thread applies each queued
+//!   group as one atomic batch and syncs according to [`SyncMode`], so that many publishes
+//!   share one fsync (group commit). Each submission gets a ticket; [`Store::durable`]
+//!   tells which tickets are on disk.
+
+mod broker_ops;
+pub(crate) mod record;
+mod redb_backend;
+mod restore;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tracing::{error, info, warn};
+
+pub(crate) use record::Snapshot;
+pub use redb_backend::RedbBackend;
+pub(crate) use restore::restore;
+
+/// The tables of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Retained messages by topic.
+    Retained,
+    /// Persistent sessions by client id.
+    Sessions,
+    /// Subscriptions by client id and filter.
+    Subscriptions,
+    /// Message bodies by id, shared by the queued messages that point at them.
+    Bodies,
+    /// Queued and in-flight messages by client id and sequence number.
+    Queued,
+    /// Inbound QoS 2 packet ids awaiting PUBREL, by client id and packet id.
+    Qos2,
+    /// Wills waiting for their delay, by client id.
+    Wills,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: [Table; 7] = [
+        Table::Retained,
+        Table::Sessions,
+        Table::Subscriptions,
+        Table::Bodies,
+        Table::Queued,
+        Table::Qos2,
+        Table::Wills,
+    ];
+
+    /// Its name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Retained => "retained",
+            Table::Sessions => "sessions",
+            Table::Subscriptions => "subscriptions",
+            Table::Bodies => "bodies",
+            Table::Queued => "queued",
+            Table::Qos2 => "qos2",
+            Table::Wills => "wills",
+        }
+    }
+}
+
+/// One change to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Sets `key` to `value`.
+    Put(Table, Vec<u8>, Vec<u8>),
+    /// Removes `key`.
+    Delete(Table, Vec<u8>),
+    /// Removes every key that starts with the prefix.
+    DeletePrefix(Table, Vec<u8>),
+}
+
+/// Why the store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, corruption, full disk); the message names the data directory.
+    #[error("store in {path}: {message}")]
+    Backend {
+        /// The data directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A record cannot be decoded: the data is corrupt or from an unknown format.
+    #[error(
+        "store in {path}: corrupt record in table `{table}`: {message}; move the data directory \
+         away (or start with --memory) to start empty"
+    )]
+    Corrupt {
+        /// The data directory.
+        path: PathBuf,
+        /// The table.
+        table: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// What [`Backend::scan`] calls with each key and value.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
+
+/// A key-value store the broker persists into.
+pub trait Backend: Send + 'static {
+    /// Applies `ops` as one atomic batch: after a crash, all of them or none are found.
+    /// Need not be durable before [`Backend::sync`].
+    fn write(&mut self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Makes every batch written so far durable (fsync).
+    fn sync(&mut self) -> Result<(), StoreError>;
+    /// Calls `f` with every key and value of `table`, in key order.
+    fn scan(&self, table: Table, f: &mut Visit<'_>) -> Result<(), StoreError>;
+}
+
+/// When writes are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Every batch is synced before QoS 1/2 publishes it holds are acknowledged.
+    Always,
+    /// Synced every `sync_interval_ms`: a crash loses at most that much.
+    #[default]
+    Periodic,
+    /// Never synced by the broker (the operating system writes back when it likes).
+    Never,
+}
+
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMode::Always => "always",
+            SyncMode::Periodic => "periodic",
+            SyncMode::Never => "never",
+        })
+    }
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(SyncMode::Always),
+            "periodic" => Ok(SyncMode::Periodic),
+            "never" => Ok(SyncMode::Never),
+            other => Err(format!(
+                "unknown sync mode {other:?} (expected always, periodic or never)"
+            )),
+        }
+    }
+}
+
+struct Pending {
+    ops: Vec<Op>,
+    /// Ticket of the last submission.
+    submitted: u64,
+    closing: bool,
+}
+
+struct Inner {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    /// Highest ticket written (and synced, per the mode).
+    durable: tokio::sync::watch::Sender<u64>,
+    failed: AtomicBool,
+    next_id: AtomicU64,
+    mode: SyncMode,
+    interval: Duration,
+    path: PathBuf,
+}
+
+/// The broker's handle on its store. Cheap to share; see the module documentation.
+pub(crate) struct Store {
+    inner: Arc<Inner>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` and reads what it holds.
+    pub fn open(
+        dir: &Path,
+        mode: SyncMode,
+        interval: Duration,
+    ) -> Result<(Store, Snapshot), StoreError> {
+        let started = Instant::now();
+        let backend = RedbBackend::open(dir)?;
+        let snapshot = Snapshot::read(&backend, dir)?;
+        info!(
+            dir = %dir.display(),
+            retained = snapshot.retained.len(),
+            sessions = snapshot.sessions.len(),
+            queued = snapshot.queued_count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            sync = %mode,
+            "store opened"
+        );
+        let store = Store::start(Box::new(backend), mode, interval, dir, snapshot.max_id())?;
+        Ok((store, snapshot))
+    }
+
+    /// Starts the writer thread over an opened backend. Ids handed out start after `max_id`.
+    pub fn start(
+        backend: Box<dyn Backend>,
+        mode: SyncMode,
+        interval: Duration,
+        dir: &Path,
+        max_id: u64,
+    ) -> Result<Store, StoreError> {
+        let inner = Arc::new(Inner {
+            pending: Mutex::new(Pending {
+                ops: Vec::new(),
+                submitted: 0,
+                closing: false,
+            }),
+            wake: Condvar::new(),
+            durable: tokio::sync::watch::Sender::new(0),
+            failed: AtomicBool::new(false),
+            next_id: AtomicU64::new(max_id + 1),
+            mode,
+            interval,
+            path: dir.to_path_buf(),
+        });
+        let thread_inner = inner.clone();
+        let writer = std::thread::Builder::new()
+            .name("sagitta-store".into())
+            .spawn(move || write_loop(&thread_inner, backend))
+            .map_err(|e| StoreError::Backend {
+                path: dir.to_path_buf(),
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Store {
+            inner,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one change; returns its ticket.
+    pub fn submit(&self, op: Op) -> u64 {
+        let mut p = self.pending();
+        let was_empty = p.ops.is_empty();
+        p.ops.push(op);
+        p.submitted += 1;
+        if was_empty {
+            self.inner.wake.notify_one();
+        }
+        p.submitted
+    }
+
+    /// Queues changes that must be applied together; returns their ticket.
+    pub fn submit_all(&self, ops: impl IntoIterator<Item = Op>) -> u64 {
+        let mut p = self.pending();
+        let was_empty = p.ops.is_empty();
+        p.ops.extend(ops);
+        p.submitted += 1;
+        if was_empty {
+            self.inner.wake.notify_one();
+        }
+        p.submitted
+    }
+
+    /// The ticket of the last submission.
+    pub fn submitted(&self) -> u64 {
+        self.pending().submitted
+    }
+
+    /// A fresh id for message bodies and queued messages.
+    pub fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The sync mode.
+    pub fn mode(&self) -> SyncMode {
+        self.inner.mode
+    }
+
+    /// Watches the highest durable ticket.
+    pub fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.durable.subscribe()
+    }
+
+    /// True once a write has failed: nothing more reaches the disk.
+    pub fn failed(&self) -> bool {
+        self.inner.failed.load(Ordering::Acquire)
+    }
+
+    /// Writes and syncs everything queued, then stops the writer thread.
+    pub fn close(&self) {
+        {
+            let mut p = self.pending();
+            p.closing = true;
+            self.inner.wake.notify_one();
+        }
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = writer
+            && w.join().is_err()
+        {
+            error!("the store writer thread panicked");
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The writer thread: takes everything queued, writes it as one batch, syncs as the mode
+/// says, and publishes the durable ticket.
+fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
+    let mut last_sync = Instant::now();
+    // Written but not yet synced (periodic mode).
+    let mut unsynced: Option<u64> = None;
+    loop {
+        let (ops, ticket, closing) = {
+            let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+            while p.ops.is_empty() && !p.closing {
+                match unsynced {
+                    Some(_) => {
+                        let left = inner.interval.saturating_sub(last_sync.elapsed());
+                        if left.is_zero() {
+                            break;
+                        }
+                        p = inner
+                            .wake
+                            .wait_timeout(p, left)
+                            .map(|(g, _)| g)
+                            .unwrap_or_else(|e| e.into_inner().0);
+                    }
+                    None => {
+                        p = inner.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+            }
+            (std::mem::take(&mut p.ops), p.submitted, p.closing)
+        };
+        if inner.failed.load(Ordering::Acquire) {
+            if closing {
+                return;
+            }
+            continue;
+        }
+        let result = (|| {
+            if !ops.is_empty() {
+                backend.write(&ops)?;
+            }
+            let sync_now = closing
+                || match inner.mode {
+                    SyncMode::Always => true,
+                    SyncMode::Periodic => last_sync.elapsed() >= inner.interval,
+                    SyncMode::Never => false,
+                };
+            if sync_now && (unsynced.is_some() || !ops.is_empty()) {
+                backend.sync()?;
+                last_sync = Instant::now();
+                unsynced = None;
+            } else if !ops.is_empty() && inner.mode == SyncMode::Periodic {
+                unsynced.get_or_insert(ticket);
+            } else if inner.mode != SyncMode::Periodic {
+                last_sync = Instant::now();
+            }
+            Ok::<(), StoreError>(())
+        })();
+        match result {
+            Ok(()) => {
+                inner.durable.send_replace(ticket);
+            }
+            Err(e) => {
+                error!(error = %e, dir = %inner.path.display(), "store write failed: persistence stops; QoS 1/2 messages are no longer acknowledged with sync = \"always\"");
+                inner.failed.store(true, Ordering::Release);
+                // Wake waiters so that they see the failure.
+                inner.durable.send_modify(|_| {});
+            }
+        }
+        if closing {
+            return;
+        }
+    }
+}
+
+/// Warns once if a directory cannot be made.
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        warn!(dir = %dir.display(), error = %e, "cannot create the data directory");
+        StoreError::Backend {
+            path: dir.to_path_buf(),
+            message: format!(
+                "cannot create the data directory: {e} (set `data_dir`, or run with --memory)"
+            ),
+        }
+    })
+}
