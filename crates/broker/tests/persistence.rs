@@ -117,6 +117,8 @@ async fn offline_queue_and_subscriptions_survive_a_restart() {
         let three = s.recv_publish().await;
         assert_eq!(&three.payload[..], b"three");
         s.ack(&three).await;
+        // The acknowledgement is handled before the shutdown.
+        s.ping().await;
         s.disconnect().await;
         b.shutdown().await;
 

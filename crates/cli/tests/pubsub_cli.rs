@@ -140,7 +140,7 @@ struct Broker {
 fn sagitta_broker() -> Broker {
     let port = free_port();
     let process = Running::spawn(
-        sagitta(&format!("broker --listen 127.0.0.1:{port}"))
+        sagitta(&format!("broker --memory --listen 127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null()),

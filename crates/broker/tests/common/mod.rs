@@ -26,9 +26,13 @@ pub async fn broker() -> Broker {
     broker_with(Config::default().in_memory()).await
 }
 
-/// A broker with `config`, listening on a free port of 127.0.0.1.
+/// A broker with `config`, listening on a free port of 127.0.0.1. In memory unless the test
+/// names a data directory of its own.
 pub async fn broker_with(mut config: Config) -> Broker {
     config.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    if config.data_dir == Config::default().data_dir {
+        config.persistence = false;
+    }
     Broker::start(config).await.expect("broker starts")
 }
 
