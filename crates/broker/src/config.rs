@@ -274,7 +274,7 @@ pub struct Config {
     /// When the store is synced to disk: `always` (a QoS 1/2 PUBLISH is acknowledged only
     /// once it is on disk for every persistent session that gets it; many publishes share one
     /// sync), `periodic` (every `sync_interval_ms`: a crash loses at most that window), or
-    /// `never` (the operating system decides). Default `periodic`.
+    /// `never` (every 10 s and at a clean stop). Default `periodic`.
     pub sync: SyncMode,
     /// Milliseconds between syncs with `sync = "periodic"`. Default 100.
     pub sync_interval_ms: u64,

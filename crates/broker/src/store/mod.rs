@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 pub(crate) use record::Snapshot;
 pub use redb_backend::RedbBackend;
@@ -135,7 +135,8 @@ pub enum SyncMode {
     /// Synced every `sync_interval_ms`: a crash loses at most that much.
     #[default]
     Periodic,
-    /// Never synced by the broker (the operating system writes back when it likes).
+    /// Acknowledgements never wait for the disk and the store is synced only every 10 s
+    /// (to reclaim space) and at a clean stop: a crash loses up to 10 s.
     Never,
 }
 
@@ -174,7 +175,8 @@ struct Pending {
 struct Inner {
     pending: Mutex<Pending>,
     wake: Condvar,
-    /// Highest ticket written (and synced, per the mode).
+    /// Highest ticket written, and synced in `always` mode (acknowledgements wait for it
+    /// only in that mode).
     durable: tokio::sync::watch::Sender<u64>,
     failed: AtomicBool,
     next_id: AtomicU64,
@@ -323,32 +325,38 @@ impl Drop for Store {
     }
 }
 
+/// How often `sync = "never"` syncs all the same: the store reclaims the space of deleted
+/// records only after a sync, so without one the file would grow under a steady load.
+const NEVER_SYNC_EVERY: Duration = Duration::from_secs(10);
+
 /// The writer thread: takes everything queued, writes it as one batch, syncs as the mode
 /// says, and publishes the durable ticket.
 fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
+    let interval = match inner.mode {
+        SyncMode::Always => Duration::ZERO,
+        SyncMode::Periodic => inner.interval,
+        SyncMode::Never => NEVER_SYNC_EVERY,
+    };
     let mut last_sync = Instant::now();
-    // Written but not yet synced (periodic mode).
-    let mut unsynced: Option<u64> = None;
+    // Batches written since the last sync.
+    let mut unsynced = false;
     loop {
         let (ops, ticket, closing) = {
             let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
             while p.ops.is_empty() && !p.closing {
-                match unsynced {
-                    Some(_) => {
-                        let left = inner.interval.saturating_sub(last_sync.elapsed());
-                        if left.is_zero() {
-                            break;
-                        }
-                        p = inner
-                            .wake
-                            .wait_timeout(p, left)
-                            .map(|(g, _)| g)
-                            .unwrap_or_else(|e| e.into_inner().0);
-                    }
-                    None => {
-                        p = inner.wake.wait(p).unwrap_or_else(|e| e.into_inner());
-                    }
+                if !unsynced {
+                    p = inner.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                    continue;
                 }
+                let left = interval.saturating_sub(last_sync.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                p = inner
+                    .wake
+                    .wait_timeout(p, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
             }
             (std::mem::take(&mut p.ops), p.submitted, p.closing)
         };
@@ -361,21 +369,12 @@ fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
         let result = (|| {
             if !ops.is_empty() {
                 backend.write(&ops)?;
+                unsynced = true;
             }
-            let sync_now = closing
-                || match inner.mode {
-                    SyncMode::Always => true,
-                    SyncMode::Periodic => last_sync.elapsed() >= inner.interval,
-                    SyncMode::Never => false,
-                };
-            if sync_now && (unsynced.is_some() || !ops.is_empty()) {
+            if unsynced && (closing || last_sync.elapsed() >= interval) {
                 backend.sync()?;
                 last_sync = Instant::now();
-                unsynced = None;
-            } else if !ops.is_empty() && inner.mode == SyncMode::Periodic {
-                unsynced.get_or_insert(ticket);
-            } else if inner.mode != SyncMode::Periodic {
-                last_sync = Instant::now();
+                unsynced = false;
             }
             Ok::<(), StoreError>(())
         })();
@@ -396,15 +395,12 @@ fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
     }
 }
 
-/// Warns once if a directory cannot be made.
+/// Creates the data directory if it is missing.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        warn!(dir = %dir.display(), error = %e, "cannot create the data directory");
-        StoreError::Backend {
-            path: dir.to_path_buf(),
-            message: format!(
-                "cannot create the data directory: {e} (set `data_dir`, or run with --memory)"
-            ),
-        }
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend {
+        path: dir.to_path_buf(),
+        message: format!(
+            "cannot create the data directory: {e} (set `data_dir`, or run with --memory)"
+        ),
     })
 }
