@@ -32,11 +32,19 @@
 # per connection and its queue is a commit log per topic (router.max_segment_size x
 # max_segment_count). The relay has no limits at all.
 #
+# Persistence (issue 6): the brokers sagitta-always, sagitta-periodic and sagitta-never run
+# Sagitta with its store (a fresh data directory per run) and that `sync` mode, and
+# mosquitto-persist runs Mosquitto with `persistence true` (its defaults: a snapshot every
+# 1800 s and at exit). With PERSISTENT=1 the bench's subscribers keep persistent sessions
+# (clean session 0), so their QoS 1/2 messages go through the store. `sagitta` alone is
+# in memory. Example: BROKERS="sagitta-always sagitta-periodic sagitta-never sagitta
+# mosquitto-persist mosquitto" SCENARIOS="pairs fanin" QOS=1 PERSISTENT=1 bench/compare.sh
+#
 # Usage: bench/compare.sh [OUT_DIR]
 # Environment: BROKERS="sagitta mosquitto rumqttd relay", SCENARIOS="fanin fanout pairs
 #   latency idle", QOS="0 1 2", RUNS=3, WINDOW=256, INFLIGHT=1024, DURATION=10 (seconds per run), PORT=18900 (base;
 #   each run uses the next port), IDLE_CONNS=10000, IDLE_RATE=5000, LATENCY_RATE=20000,
-#   BENCH_THREADS (default: the bench's default, one per CPU),
+#   BENCH_THREADS (default: the bench's default, one per CPU), PERSISTENT (0),
 #   SAGITTA / RELAY / MOSQUITTO / RUMQTTD = paths of the programs (default: a release build
 #   under CARGO_TARGET_DIR or target/, made by this script; mosquitto or /usr/sbin/mosquitto;
 #   rumqttd on PATH or ~/.cargo/bin/rumqttd).
@@ -58,6 +66,7 @@ LATENCY_RATE=${LATENCY_RATE:-20000}
 WINDOW=${WINDOW:-256}
 INFLIGHT=${INFLIGHT:-1024}
 BENCH_THREADS=${BENCH_THREADS:-}
+PERSISTENT=${PERSISTENT:-0}
 OUT=${1:-$(mktemp -d /tmp/bench-compare.XXXXXX)}
 mkdir -p "$OUT"
 
@@ -77,8 +86,8 @@ RUMQTTD=${RUMQTTD:-$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")}
 
 program_of() {
   case "$1" in
-    sagitta) echo "$SAGITTA" ;;
-    mosquitto) echo "$MOSQUITTO" ;;
+    sagitta | sagitta-always | sagitta-periodic | sagitta-never) echo "$SAGITTA" ;;
+    mosquitto | mosquitto-persist) echo "$MOSQUITTO" ;;
     rumqttd) echo "$RUMQTTD" ;;
     relay) echo "$RELAY" ;;
     *) echo "" ;;
@@ -88,7 +97,7 @@ available=""
 for b in $BROKERS; do
   p=$(program_of "$b")
   if [ -z "$p" ]; then
-    say "unknown broker $b (use sagitta, mosquitto, rumqttd, relay)"; exit 2
+    say "unknown broker $b (use sagitta, sagitta-always, sagitta-periodic, sagitta-never, mosquitto, mosquitto-persist, rumqttd, relay)"; exit 2
   elif [ -x "$p" ]; then
     available="$available $b"
   else
@@ -136,6 +145,7 @@ trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
 
 cat >"$OUT/sagitta.toml" <<EOF
+persistence = false
 max_inflight = $INFLIGHT
 max_queued_messages = 100000
 max_connections = 100000
@@ -160,11 +170,23 @@ start_broker() { # name port log
       RUST_LOG=warn "$SAGITTA" broker --listen "127.0.0.1:$port" --config "$OUT/sagitta.toml" \
         >"$log" 2>&1 &
       ;;
-    mosquitto)
+    sagitta-*)
+      rm -rf "$OUT/data"
+      RUST_LOG=warn "$SAGITTA" broker --listen "127.0.0.1:$port" --config "$OUT/sagitta.toml" \
+        --data-dir "$OUT/data" --sync "${name#sagitta-}" >"$log" 2>&1 &
+      ;;
+    mosquitto | mosquitto-persist)
+      local persist="persistence false"
+      if [ "$name" = mosquitto-persist ]; then
+        rm -rf "$OUT/mosquitto-data"
+        mkdir -p "$OUT/mosquitto-data"
+        persist="persistence true
+persistence_location $OUT/mosquitto-data/"
+      fi
       cat >"$OUT/mosquitto.conf" <<EOF
 listener $port 127.0.0.1
 allow_anonymous true
-persistence false
+$persist
 max_inflight_messages $INFLIGHT
 max_queued_messages 100000
 max_connections -1
@@ -225,6 +247,7 @@ run_one() { # broker scenario qos run port
       ;;
   esac
   [ -z "$BENCH_THREADS" ] || args+=(--threads "$BENCH_THREADS")
+  [ "$PERSISTENT" = 0 ] || [ "$scenario" = idle ] || args+=(--persistent)
   load=$(cut -d' ' -f1 /proc/loadavg)
   start_broker "$broker" "$port" "$OUT/$name.broker.log" || true
   # Bounded: the bench stops by itself after DURATION (+ at most 5 s of drain); timeout is

@@ -1,5 +1,6 @@
-//! The subscription tree on its own, for the criterion benchmarks in `benches/`. Not part of
-//! the broker's supported API.
+//! Parts of the broker on their own, for benchmarks: the subscription tree (criterion, in
+//! `benches/`) and a store filled with many sessions and retained messages (the recovery
+//! benchmark, `examples/recovery.rs`). Not part of the broker's supported API.
 
 use std::sync::Arc;
 
@@ -64,4 +65,77 @@ impl RouterBench {
         self.router.route(topic, None, &mut self.out, || ());
         self.out.len()
     }
+}
+
+/// Fills the store in `dir` as a broker would after `retained` retained messages (64-byte
+/// payloads, QoS 1) and `sessions` persistent 3.1.1 sessions, each with one subscription
+/// and one queued QoS 1 message, all of them left while the broker ran.
+pub fn populate_store(
+    dir: &std::path::Path,
+    retained: usize,
+    sessions: usize,
+) -> Result<(), crate::store::StoreError> {
+    use crate::message::{Delivery, Message};
+    use crate::store::{Store, SyncMode};
+
+    let (store, _) = Store::open(dir, SyncMode::Never, std::time::Duration::from_secs(1))?;
+    let payload = bytes::Bytes::from(vec![b'x'; 64]);
+    // Let the writer keep up, so that memory stays bounded.
+    let pace = |store: &Store| {
+        while store.backlogged() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    };
+    for i in 0..retained {
+        let Ok(topic) =
+            sagitta_proto::TopicName::new(format!("bench/retained/{}/{}", i / 1000, i % 1000))
+        else {
+            continue;
+        };
+        store.retained(&Message::new(
+            topic,
+            payload.clone(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        pace(&store);
+    }
+    let left = crate::store::record::wall_ms();
+    for i in 0..sessions {
+        let id = format!("bench-session-{i}");
+        let (Ok(filter), Ok(topic)) = (
+            TopicFilter::new(format!("bench/s/{i}/#")),
+            sagitta_proto::TopicName::new(format!("bench/s/{i}/x")),
+        ) else {
+            continue;
+        };
+        store.session(&id, crate::session::NEVER_EXPIRES, left);
+        store.subscribed(
+            &id,
+            &filter,
+            &SubscriptionOptions::new(QoS::AtLeastOnce),
+            None,
+        );
+        let msg = Arc::new(Message::new(
+            topic,
+            payload.clone(),
+            QoS::AtLeastOnce,
+            false,
+        ));
+        let body = store.hold_body(&msg);
+        let d = Delivery {
+            msg,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: Vec::new(),
+            seq: store.next_id(),
+        };
+        store.queued(&id, &d, body);
+        if let Some(op) = store.release_body(&d.msg) {
+            store.submit(op);
+        }
+        pace(&store);
+    }
+    store.close();
+    Ok(())
 }

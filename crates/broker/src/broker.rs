@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::retain::RetainStore;
 use crate::router::{Router, Target};
 use crate::session::{Enqueued, SessionEntry, SessionState, Sessions};
-use crate::store::{Snapshot, Store};
+use crate::store::Store;
 use crate::tls::{TlsError, TlsState};
 
 /// Why the broker cannot start.
@@ -290,15 +290,28 @@ impl BrokerBuilder {
         } else {
             None
         };
+        // The state comes back before the listeners open: no client sees a half-restored
+        // broker.
+        let (store, snapshot) = store.unzip();
+        let shared = Broker::shared(self.config, store);
+        if let Some(snapshot) = snapshot {
+            crate::store::restore(&shared, snapshot);
+        }
         let mut bound = Vec::new();
         for p in prepared {
-            let socket = listen(p.bind).map_err(|source| BrokerError::Bind {
-                addr: p.bind.to_string(),
-                source,
-            })?;
-            bound.push((socket, p));
+            match listen(p.bind) {
+                Ok(socket) => bound.push((socket, p)),
+                Err(source) => {
+                    // Ends the timers the restore started, which closes the store.
+                    shared.shutdown.cancel();
+                    return Err(BrokerError::Bind {
+                        addr: p.bind.to_string(),
+                        source,
+                    });
+                }
+            }
         }
-        Ok(Broker::serve(self.config, bound, store))
+        Ok(Broker::serve(shared, bound))
     }
 }
 
@@ -442,16 +455,7 @@ impl Broker {
         })
     }
 
-    fn serve(
-        config: Config,
-        bound: Vec<(TcpListener, Prepared)>,
-        store: Option<(Store, Snapshot)>,
-    ) -> Broker {
-        let (store, snapshot) = store.unzip();
-        let shared = Self::shared(config, store);
-        if let Some(snapshot) = snapshot {
-            crate::store::restore(&shared, snapshot);
-        }
+    fn serve(shared: Arc<Shared>, bound: Vec<(TcpListener, Prepared)>) -> Broker {
         let mut broker = Broker {
             shared,
             local_addrs: Vec::new(),

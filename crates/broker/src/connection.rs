@@ -798,12 +798,13 @@ impl<S: Transport> Conn<S> {
             reason = ReasonCode::NoMatchingSubscribers;
         }
         if let Some(id) = p.packet_id {
-            // With sync = "always", what this publish wrote must be on disk before the
-            // acknowledgement (and any QoS 2 id recorded above).
+            // With sync = "always", what this publish wrote (and any QoS 2 id recorded above)
+            // must be on disk before the acknowledgement; in every mode, it must at least be
+            // written once the writer lags too far behind.
             let ticket = match &self.shared.store {
                 Some(store)
-                    if store.mode() == SyncMode::Always
-                        && (stored || p.qos == QoS::ExactlyOnce && self.entry.is_persistent()) =>
+                    if (stored || p.qos == QoS::ExactlyOnce && self.entry.is_persistent())
+                        && (store.mode() == SyncMode::Always || store.backlogged()) =>
                 {
                     store.submitted()
                 }

@@ -165,6 +165,10 @@ impl std::str::FromStr for SyncMode {
     }
 }
 
+/// Queued changes past which acknowledgements wait for the writer (see
+/// [`Store::backlogged`]).
+pub(crate) const MAX_BACKLOG: usize = 50_000;
+
 struct Pending {
     ops: Vec<Op>,
     /// Ticket of the last submission.
@@ -179,6 +183,8 @@ struct Inner {
     /// only in that mode).
     durable: tokio::sync::watch::Sender<u64>,
     failed: AtomicBool,
+    /// Changes queued and not yet taken by the writer.
+    backlog: std::sync::atomic::AtomicUsize,
     next_id: AtomicU64,
     mode: SyncMode,
     interval: Duration,
@@ -231,6 +237,7 @@ impl Store {
             wake: Condvar::new(),
             durable: tokio::sync::watch::Sender::new(0),
             failed: AtomicBool::new(false),
+            backlog: std::sync::atomic::AtomicUsize::new(0),
             next_id: AtomicU64::new(max_id + 1),
             mode,
             interval,
@@ -256,14 +263,7 @@ impl Store {
 
     /// Queues one change; returns its ticket.
     pub fn submit(&self, op: Op) -> u64 {
-        let mut p = self.pending();
-        let was_empty = p.ops.is_empty();
-        p.ops.push(op);
-        p.submitted += 1;
-        if was_empty {
-            self.inner.wake.notify_one();
-        }
-        p.submitted
+        self.submit_all([op])
     }
 
     /// Queues changes that must be applied together; returns their ticket.
@@ -272,10 +272,18 @@ impl Store {
         let was_empty = p.ops.is_empty();
         p.ops.extend(ops);
         p.submitted += 1;
+        self.inner.backlog.store(p.ops.len(), Ordering::Relaxed);
         if was_empty {
             self.inner.wake.notify_one();
         }
         p.submitted
+    }
+
+    /// True when more changes wait for the writer than [`MAX_BACKLOG`]: acknowledgements
+    /// then wait for their writes whatever the sync mode, so that publishers cannot outrun
+    /// the disk with an ever-growing queue in memory.
+    pub fn backlogged(&self) -> bool {
+        self.inner.backlog.load(Ordering::Relaxed) > MAX_BACKLOG
     }
 
     /// The ticket of the last submission.
@@ -358,6 +366,7 @@ fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
                     .map(|(g, _)| g)
                     .unwrap_or_else(|e| e.into_inner().0);
             }
+            inner.backlog.store(0, Ordering::Relaxed);
             (std::mem::take(&mut p.ops), p.submitted, p.closing)
         };
         if inner.failed.load(Ordering::Acquire) {

@@ -89,7 +89,7 @@ pub async fn run(c: &Config) -> Result<Summary, String> {
                 username: user.as_deref(),
                 password: pass.as_deref(),
             };
-            match Link::connect(&addr, version, &client_id, creds).await {
+            match Link::connect(&addr, version, &client_id, creds, false).await {
                 Ok((link, session)) => {
                     let _ = tx.send(Ok((t.elapsed(), Instant::now())));
                     counters.connection(1);

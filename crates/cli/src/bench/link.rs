@@ -94,10 +94,11 @@ impl Link {
         version: ProtocolVersion,
         client_id: &str,
         credentials: Credentials<'_>,
+        persistent: bool,
     ) -> Result<(Self, Session), LinkError> {
         tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            Self::connect_inner(addr, version, client_id, credentials),
+            Self::connect_inner(addr, version, client_id, credentials, persistent),
         )
         .await
         .map_err(|_| LinkError::Timeout("CONNACK"))?
@@ -108,6 +109,7 @@ impl Link {
         version: ProtocolVersion,
         client_id: &str,
         credentials: Credentials<'_>,
+        persistent: bool,
     ) -> Result<(Self, Session), LinkError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -131,6 +133,12 @@ impl Link {
             .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes()));
         if version.is_v5() {
             connect.properties.receive_maximum = NonZeroU16::new(u16::MAX);
+        }
+        if persistent {
+            connect.clean_start = false;
+            if version.is_v5() {
+                connect.properties.session_expiry_interval = Some(3600);
+            }
         }
         link.queue(&Packet::Connect(Box::new(connect)))?;
         link.flush().await?;

@@ -150,6 +150,10 @@ pub struct BenchArgs {
     /// Process id of the broker (on this machine): report its CPU time and memory (Linux).
     #[arg(long, value_name = "PID")]
     broker_pid: Option<u32>,
+    /// Subscribers keep persistent sessions (clean session 0; 5.0: Session Expiry Interval
+    /// 1 hour), so that a broker with persistence stores their QoS 1/2 messages.
+    #[arg(long)]
+    persistent: bool,
     /// Worker threads of the bench's runtime (default: one per CPU).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
     threads: Option<u16>,
@@ -225,6 +229,8 @@ pub struct Config {
     pub password: Option<String>,
     /// The broker's process id, to measure its CPU and memory.
     pub broker_pid: Option<u32>,
+    /// Subscribers use persistent sessions.
+    pub persistent: bool,
     /// JSON output.
     pub json: bool,
     /// No live progress.
@@ -403,6 +409,7 @@ impl Config {
             username: a.username,
             password: a.password,
             broker_pid: a.broker_pid,
+            persistent: a.persistent,
             json: a.json,
             quiet: a.quiet,
         })

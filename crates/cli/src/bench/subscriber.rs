@@ -29,9 +29,15 @@ impl Subscriber {
     pub async fn connect(sh: &Shared, index: u32, filter: &str) -> Result<Self, String> {
         let c = &sh.config;
         let client_id = format!("{}s{index}", sh.client_prefix);
-        let (mut link, session) = Link::connect(&c.addr(), c.version, &client_id, c.credentials())
-            .await
-            .map_err(|e| format!("subscriber {index}: {e}"))?;
+        let (mut link, session) = Link::connect(
+            &c.addr(),
+            c.version,
+            &client_id,
+            c.credentials(),
+            c.persistent,
+        )
+        .await
+        .map_err(|e| format!("subscriber {index}: {e}"))?;
         sh.counters.connection(1);
         if let Err(e) = link.subscribe(filter, c.qos).await {
             sh.counters.connection(-1);
