@@ -544,6 +544,33 @@ pub fn client_ping_due(last_sent: Instant, keep_alive: u16) -> Option<Instant> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn restored_slots_keep_their_ids_and_new_ids_avoid_them() {
+        let mut w: OutboundWindow<u32> = OutboundWindow::new(10);
+        let id = |v| NonZeroU16::new(v).unwrap();
+        w.restore(id(2), Stage::AwaitingPubComp, 20).unwrap();
+        w.restore(id(1), Stage::AwaitingPubAck, 10).unwrap();
+        assert!(w.restore(id(2), Stage::AwaitingPubAck, 0).is_err());
+        let resend: Vec<_> = w.resend().map(|(i, s, v)| (i.get(), s, *v)).collect();
+        assert_eq!(
+            resend,
+            [
+                (2, Stage::AwaitingPubComp, 20),
+                (1, Stage::AwaitingPubAck, 10)
+            ]
+        );
+        // The counter goes on after the last restored id and skips those in flight.
+        let mut fresh = Vec::new();
+        for n in 0..3 {
+            fresh.push(w.insert(QoS::AtLeastOnce, 100 + n).unwrap().get());
+        }
+        assert_eq!(fresh, [3, 4, 5]);
+        assert_eq!(w.get(id(2)), Some(&20));
+        assert_eq!(w.pubcomp(id(2)), Ok(20));
+        assert_eq!(w.puback(id(1)), Ok(10));
+        assert_eq!(w.get(id(1)), None);
+    }
+
     fn pid(v: u16) -> PacketId {
         PacketId::new(v).unwrap()
     }

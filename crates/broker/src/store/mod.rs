@@ -413,3 +413,119 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A backend in memory that counts its writes and syncs; a sync takes 2 ms, like a disk.
+    #[derive(Default, Clone)]
+    struct Recording {
+        state: Arc<Mutex<(BTreeMap<Vec<u8>, Vec<u8>>, usize, usize)>>,
+    }
+
+    impl Backend for Recording {
+        fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+            let mut s = self.state.lock().unwrap();
+            for op in ops {
+                match op {
+                    Op::Put(_, k, v) => {
+                        s.0.insert(k.clone(), v.clone());
+                    }
+                    Op::Delete(_, k) => {
+                        s.0.remove(k);
+                    }
+                    Op::DeletePrefix(_, p) => s.0.retain(|k, _| !k.starts_with(p)),
+                }
+            }
+            s.1 += 1;
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), StoreError> {
+            std::thread::sleep(Duration::from_millis(2));
+            self.state.lock().unwrap().2 += 1;
+            Ok(())
+        }
+        fn scan(&self, _: Table, _: &mut Visit<'_>) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn put(i: u32) -> Op {
+        Op::Put(Table::Retained, i.to_be_bytes().to_vec(), vec![1])
+    }
+
+    #[test]
+    fn sync_always_groups_concurrent_submissions_into_few_syncs() {
+        let backend = Recording::default();
+        let store = Arc::new(
+            Store::start(
+                Box::new(backend.clone()),
+                SyncMode::Always,
+                Duration::from_millis(100),
+                Path::new("mem"),
+                0,
+            )
+            .unwrap(),
+        );
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut durable = store.durable();
+                    for i in 0..250 {
+                        let ticket = store.submit(put(t * 1000 + i));
+                        // Like a publisher waiting for its PUBACK.
+                        while *durable.borrow_and_update() < ticket {
+                            std::thread::sleep(Duration::from_micros(100));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let (map, _, syncs) = backend.state.lock().unwrap().clone();
+        assert_eq!(map.len(), 1000);
+        assert!(
+            syncs < 1000,
+            "{syncs} syncs for 1000 acknowledged submissions"
+        );
+        assert!(*store.durable().borrow() >= 1000);
+    }
+
+    #[test]
+    fn periodic_mode_syncs_on_its_interval_and_at_close() {
+        let backend = Recording::default();
+        let store = Store::start(
+            Box::new(backend.clone()),
+            SyncMode::Periodic,
+            Duration::from_millis(300),
+            Path::new("mem"),
+            0,
+        )
+        .unwrap();
+        let ticket = store.submit(put(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while *store.durable().borrow() < ticket && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Written at once, synced only when the interval has passed.
+        assert_eq!(backend.state.lock().unwrap().2, 0);
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(backend.state.lock().unwrap().2, 1);
+        store.submit(put(2));
+        store.close();
+        let (map, _, syncs) = backend.state.lock().unwrap().clone();
+        assert_eq!((map.len(), syncs), (2, 2));
+    }
+
+    #[test]
+    fn a_sync_mode_is_read_from_its_name() {
+        assert_eq!("always".parse(), Ok(SyncMode::Always));
+        assert_eq!("never".parse(), Ok(SyncMode::Never));
+        assert!("sometimes".parse::<SyncMode>().is_err());
+    }
+}

@@ -499,3 +499,99 @@ impl Snapshot {
         bodies.max(seqs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sagitta_proto::{MqttStr, PublishProperties, TopicName};
+
+    fn message() -> Message {
+        let properties = PublishProperties {
+            content_type: MqttStr::new("text/plain").ok(),
+            message_expiry_interval: Some(60),
+            user_properties: vec![(
+                MqttStr::new("k").unwrap_or_default(),
+                MqttStr::new("v").unwrap_or_default(),
+            )],
+            ..Default::default()
+        };
+        let mut msg = Message::new(
+            TopicName::new("a/b").unwrap(),
+            bytes::Bytes::from_static(b"payload"),
+            QoS::ExactlyOnce,
+            true,
+        );
+        msg.properties = Message::boxed_properties(properties);
+        msg.origin = Some("publisher".into());
+        msg.expires_at = Some(Instant::now() + Duration::from_secs(60));
+        msg
+    }
+
+    #[test]
+    fn a_message_round_trips_with_its_properties_origin_and_expiry() {
+        let msg = message();
+        let back = decode_message(&message_value(&msg)).unwrap();
+        assert_eq!(back.topic, msg.topic);
+        assert_eq!(back.payload, msg.payload);
+        assert_eq!((back.qos, back.retain), (QoS::ExactlyOnce, true));
+        assert_eq!(back.properties(), msg.properties());
+        assert_eq!(back.origin.as_deref(), Some("publisher"));
+        let left = back.remaining_expiry(Instant::now()).unwrap();
+        assert!((58..=60).contains(&left), "{left}");
+        let plain = Message::new(
+            TopicName::new("t").unwrap(),
+            bytes::Bytes::new(),
+            QoS::AtMostOnce,
+            false,
+        );
+        let back = decode_message(&message_value(&plain)).unwrap();
+        assert!(back.origin.is_none() && back.expires_at.is_none() && back.properties.is_none());
+    }
+
+    #[test]
+    fn corrupt_values_are_refused_not_misread() {
+        let value = message_value(&message());
+        for cut in 0..value.len() {
+            assert!(decode_message(&value[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut extra = value.clone();
+        extra.push(0);
+        assert!(decode_message(&extra).is_none());
+        let mut wrong_format = value;
+        wrong_format[0] = 9;
+        assert!(decode_message(&wrong_format).is_none());
+        assert!(decode_queued(1, &[FORMAT, 0, 0]).is_none());
+    }
+
+    #[test]
+    fn a_queued_record_round_trips() {
+        let ids = [
+            SubscriptionId::new(5).unwrap(),
+            SubscriptionId::new(70000).unwrap(),
+        ];
+        let inflight = Some((NonZeroU16::new(513).unwrap(), Stage::AwaitingPubComp));
+        let v = encode_queued(42, QoS::ExactlyOnce, true, &ids, inflight);
+        assert_eq!(
+            decode_queued(7, &v),
+            Some(StoredDelivery {
+                seq: 7,
+                body: 42,
+                qos: QoS::ExactlyOnce,
+                retain: true,
+                sub_ids: ids.to_vec(),
+                inflight,
+            })
+        );
+        let v = encode_queued(1, QoS::AtLeastOnce, false, &[], None);
+        assert_eq!(decode_queued(1, &v).map(|d| d.inflight), Some(None));
+    }
+
+    #[test]
+    fn subscription_options_round_trip() {
+        for byte in 0..=0b10_1110u8 {
+            if let Some(o) = options_of(byte) {
+                assert_eq!(options_byte(&o), byte);
+            }
+        }
+    }
+}
