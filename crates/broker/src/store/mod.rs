@@ -419,10 +419,13 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// Keys and values, writes, syncs.
+    type Recorded = (BTreeMap<Vec<u8>, Vec<u8>>, usize, usize);
+
     /// A backend in memory that counts its writes and syncs; a sync takes 2 ms, like a disk.
     #[derive(Default, Clone)]
     struct Recording {
-        state: Arc<Mutex<(BTreeMap<Vec<u8>, Vec<u8>>, usize, usize)>>,
+        state: Arc<Mutex<Recorded>>,
     }
 
     impl Backend for Recording {
