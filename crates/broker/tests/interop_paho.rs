@@ -132,6 +132,47 @@ async fn run_script_on(broker: &TestBroker, script: &str, version: &str, env: &[
     );
 }
 
+/// `tests/paho/restart.py`: its first phase against a broker with a store, its second
+/// against a new broker on the same port and data directory.
+async fn run_restart_script(version: &str) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sagitta-paho-restart-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let with_store = |config: &mut sagitta_broker::Config| {
+        config.persistence = true;
+        config.data_dir = dir.clone();
+    };
+    let broker = TestBroker::start_with(with_store).await;
+    let addr = broker.addr;
+    let phase = |p: &str| [("SAGITTA_PHASE", p.to_owned())];
+    run_script_on(&broker, "restart.py", version, &phase("before")).await;
+    broker.stop().await;
+    let broker = TestBroker::start_with(|config| {
+        with_store(config);
+        config.listen = vec![addr];
+    })
+    .await;
+    run_script_on(&broker, "restart.py", version, &phase("after")).await;
+    broker.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+mod restart {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn v311() {
+        super::run_restart_script("v311").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn v5() {
+        super::run_restart_script("v5").await;
+    }
+}
+
 /// Generates one test per listed version running `tests/paho/{name}.py`.
 macro_rules! paho_tests {
     ($($name:ident: [$($version:ident),+];)*) => {$(

@@ -18,7 +18,23 @@ use sagitta_proto::{
 
 use ProtocolVersion::{V3_1_1, V5};
 
-fn temp_dir(name: &str) -> PathBuf {
+/// A data directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "sagitta-store-{}-{name}-{}",
@@ -26,7 +42,7 @@ fn temp_dir(name: &str) -> PathBuf {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    dir
+    TempDir(dir)
 }
 
 async fn start(dir: &Path, sync: SyncMode) -> Broker {
@@ -351,7 +367,7 @@ async fn an_unreadable_store_stops_the_start_with_a_clear_error() {
         }
     }
     scramble(&dir);
-    let mut config = Config::default().data_dir(&dir);
+    let mut config = Config::default().data_dir(&*dir);
     config.listen = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
     match Broker::start(config).await {
         Err(e @ BrokerError::Store(_)) => {
