@@ -806,6 +806,14 @@ impl<S: Transport> Conn<S> {
                     if (stored || p.qos == QoS::ExactlyOnce && self.entry.is_persistent())
                         && (store.mode() == SyncMode::Always || store.backlogged()) =>
                 {
+                    if store.failed() {
+                        // Never acknowledge what cannot be stored: the client sends it again
+                        // after reconnecting.
+                        return Some(Close::Protocol(
+                            ReasonCode::UnspecifiedError,
+                            "the broker cannot store messages".into(),
+                        ));
+                    }
                     store.submitted()
                 }
                 _ => 0,

@@ -525,6 +525,49 @@ mod tests {
         assert_eq!((map.len(), syncs), (2, 2));
     }
 
+    /// A backend whose disk is full.
+    struct Full;
+
+    impl Backend for Full {
+        fn write(&mut self, _: &[Op]) -> Result<(), StoreError> {
+            Err(StoreError::Backend {
+                path: "mem".into(),
+                message: "No space left on device".into(),
+            })
+        }
+        fn sync(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn scan(&self, _: Table, _: &mut Visit<'_>) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_and_never_counted_as_durable() {
+        let store = Store::start(
+            Box::new(Full),
+            SyncMode::Always,
+            Duration::from_millis(100),
+            Path::new("mem"),
+            0,
+        )
+        .unwrap();
+        let mut durable = store.durable();
+        let ticket = store.submit(put(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !store.failed() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(store.failed());
+        // Waiters are woken to see the failure, and the ticket never becomes durable.
+        assert!(durable.has_changed().unwrap());
+        assert!(*durable.borrow_and_update() < ticket);
+        store.submit(put(2));
+        store.close();
+        assert!(*store.durable().borrow() < ticket);
+    }
+
     #[test]
     fn a_sync_mode_is_read_from_its_name() {
         assert_eq!("always".parse(), Ok(SyncMode::Always));
