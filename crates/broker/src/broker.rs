@@ -160,6 +160,7 @@ impl Shared {
         let in_flight: Vec<Delivery> = state.outbound.drain().map(|(_, _, d)| d).collect();
         let queued = entry.clear_queue();
         state.inbound.clear();
+        state.restored_qos2 = Vec::new();
         state.exists = false;
         if entry.is_persistent() {
             entry.set_persistent(false);

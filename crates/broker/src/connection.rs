@@ -487,6 +487,7 @@ where
         received: 0,
         sent: 0,
         gate: None,
+        out_ticket: 0,
     };
     conn.resend_inflight();
     Some(conn)
@@ -519,6 +520,9 @@ struct Conn<S> {
     sent: u64,
     /// With `sync = "always"`: acknowledgements waiting for the store.
     gate: Option<Box<AckGate>>,
+    /// With `sync = "always"`: the store ticket that must be durable before the output buffer
+    /// goes out, because it holds QoS 1/2 messages whose packet ids are being stored (0: none).
+    out_ticket: u64,
 }
 
 /// Acknowledgements of QoS 1/2 publishes held until the store has made them durable, in the
@@ -550,6 +554,11 @@ impl<S: Transport> Conn<S> {
             self.pull();
             self.flush_metrics();
             if !self.io.wbuf.is_empty() {
+                if self.out_ticket > 0
+                    && let Some(close) = self.wait_for_store().await
+                {
+                    return close;
+                }
                 let flushed = tokio::select! {
                     r = self.io.flush() => r,
                     _ = self.kick.kicked() => return self.taken_over().await,
@@ -643,6 +652,11 @@ impl<S: Transport> Conn<S> {
                         && d.seq != 0
                     {
                         store.in_flight(&self.client_id, d, id, Stage::AwaitingPubComp);
+                        if store.mode() == SyncMode::Always {
+                            // On disk before PUBREL lets the client forget the id: after a
+                            // crash the broker then sends PUBREL again, not the message.
+                            self.out_ticket = store.submitted();
+                        }
                     }
                     self.send(Packet::PubRel(PubResponse::new(id)))
                 }
@@ -660,12 +674,23 @@ impl<S: Transport> Conn<S> {
             Packet::PubRel(r) => {
                 let mut comp = PubResponse::new(r.packet_id);
                 comp.reason = self.state.inbound.pubrel(r.packet_id);
+                self.state
+                    .restored_qos2
+                    .retain(|id| *id != r.packet_id.get());
+                let mut wrote = false;
                 if let Some(store) = self.stored_session()
                     && comp.reason == ReasonCode::Success
                 {
                     store.qos2_released(&self.client_id, r.packet_id);
+                    wrote = true;
                 }
-                self.send_ack(Packet::PubComp(comp), 0);
+                // The release must be stored before PUBCOMP lets the client reuse the id:
+                // otherwise, after a crash, its next PUBLISH with that id would be taken for
+                // a duplicate.
+                match self.store_ticket(wrote) {
+                    Ok(ticket) => self.send_ack(Packet::PubComp(comp), ticket),
+                    Err(close) => return Some(close),
+                }
             }
             Packet::PubComp(r) => match self.state.outbound.pubcomp(r.packet_id) {
                 Ok(d) => self.shared.done(&self.entry, &d),
@@ -751,6 +776,12 @@ impl<S: Transport> Conn<S> {
             reason = ReasonCode::NotAuthorized;
         }
         let mut deliver = reason == ReasonCode::Success;
+        // Everything this publish writes to the store reaches the disk together.
+        let _group = match &self.shared.store {
+            Some(store) if p.qos != QoS::AtMostOnce => Some(store.group()),
+            _ => None,
+        };
+        let mut new_qos2 = None;
         if p.qos == QoS::ExactlyOnce
             && let Some(id) = p.packet_id
         {
@@ -759,11 +790,10 @@ impl<S: Transport> Conn<S> {
                 .inbound
                 .publish(id, usize::from(self.shared.config.receive_maximum))
             {
-                Ok(Qos2Publish::New) => {
-                    if let Some(store) = self.stored_session().filter(|_| deliver) {
-                        store.qos2_received(&self.client_id, id);
-                    }
-                }
+                Ok(Qos2Publish::New) => new_qos2 = Some(id),
+                // A PUBLISH without DUP on an id restored from the store is new: the client
+                // had its PUBCOMP, but the release did not reach the disk before a crash.
+                Ok(Qos2Publish::Duplicate) if !p.dup && self.forget_restored_qos2(id) => {}
                 Ok(Qos2Publish::Duplicate) => deliver = false,
                 Err(_) => {
                     return Some(Close::Protocol(
@@ -794,6 +824,11 @@ impl<S: Transport> Conn<S> {
             matched = routed.queued;
             stored = routed.stored;
         }
+        if let (Some(id), true) = (new_qos2, deliver)
+            && let Some(store) = self.stored_session()
+        {
+            store.qos2_received(&self.client_id, id);
+        }
         if v5 && reason == ReasonCode::Success && deliver && matched == 0 {
             reason = ReasonCode::NoMatchingSubscribers;
         }
@@ -801,22 +836,10 @@ impl<S: Transport> Conn<S> {
             // With sync = "always", what this publish wrote (and any QoS 2 id recorded above)
             // must be on disk before the acknowledgement; in every mode, it must at least be
             // written once the writer lags too far behind.
-            let ticket = match &self.shared.store {
-                Some(store)
-                    if (stored || p.qos == QoS::ExactlyOnce && self.entry.is_persistent())
-                        && (store.mode() == SyncMode::Always || store.backlogged()) =>
-                {
-                    if store.failed() {
-                        // Never acknowledge what cannot be stored: the client sends it again
-                        // after reconnecting.
-                        return Some(Close::Protocol(
-                            ReasonCode::UnspecifiedError,
-                            "the broker cannot store messages".into(),
-                        ));
-                    }
-                    store.submitted()
-                }
-                _ => 0,
+            let wrote = stored || p.qos == QoS::ExactlyOnce && self.entry.is_persistent();
+            let ticket = match self.store_ticket(wrote) {
+                Ok(ticket) => ticket,
+                Err(close) => return Some(close),
             };
             let mut response = PubResponse::new(id);
             response.reason = reason;
@@ -1058,6 +1081,11 @@ impl<S: Transport> Conn<S> {
                     _ => Stage::AwaitingPubAck,
                 };
                 store.in_flight(&self.client_id, d, id, stage);
+                if store.mode() == SyncMode::Always {
+                    // The packet id is on disk before the client sees it: after a crash the
+                    // message is re-sent with the same id, which the client recognises.
+                    self.out_ticket = store.submitted();
+                }
             }
             (d, Some(id))
         };
@@ -1217,6 +1245,25 @@ impl<S: Transport> Conn<S> {
             .filter(|_| self.entry.is_persistent())
     }
 
+    /// The store ticket an acknowledgement of something that `wrote` to the store must wait
+    /// for: with `sync = "always"` (or a writer lagging behind) the last submitted one, else
+    /// 0. Never acknowledge what cannot be stored: a failed store closes the connection, and
+    /// the client sends again after reconnecting.
+    fn store_ticket(&self, wrote: bool) -> Result<u64, Close> {
+        match &self.shared.store {
+            Some(store) if wrote && (store.mode() == SyncMode::Always || store.backlogged()) => {
+                if store.failed() {
+                    return Err(Close::Protocol(
+                        ReasonCode::UnspecifiedError,
+                        "the broker cannot store messages".into(),
+                    ));
+                }
+                Ok(store.submitted())
+            }
+            _ => Ok(0),
+        }
+    }
+
     /// Sends an acknowledgement once the store ticket `ticket` is durable, and after the
     /// acknowledgements held before it.
     fn send_ack(&mut self, packet: Packet, ticket: u64) {
@@ -1232,6 +1279,45 @@ impl<S: Transport> Conn<S> {
                 gate.held.push_back((ticket, packet));
             }
             _ => self.send(packet),
+        }
+    }
+
+    /// Forgets `id` if it was restored from the store awaiting PUBREL; true if it was.
+    fn forget_restored_qos2(&mut self, id: sagitta_proto::PacketId) -> bool {
+        let restored = &mut self.state.restored_qos2;
+        match restored.iter().position(|r| *r == id.get()) {
+            Some(i) => {
+                restored.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Waits until the store has made `out_ticket` durable (or the connection must end).
+    async fn wait_for_store(&mut self) -> Option<Close> {
+        let ticket = std::mem::take(&mut self.out_ticket);
+        let store = self.shared.store.as_ref()?;
+        let mut durable = store.durable();
+        loop {
+            if *durable.borrow_and_update() >= ticket {
+                return None;
+            }
+            if store.failed() {
+                return Some(Close::Protocol(
+                    ReasonCode::UnspecifiedError,
+                    "the broker cannot store messages".into(),
+                ));
+            }
+            tokio::select! {
+                r = durable.changed() => {
+                    if r.is_err() {
+                        return Some(Close::Shutdown);
+                    }
+                }
+                _ = self.kick.kicked() => return Some(self.taken_over().await),
+                _ = self.shared.shutdown.cancelled() => return Some(Close::Shutdown),
+            }
         }
     }
 

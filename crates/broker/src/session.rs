@@ -210,6 +210,8 @@ pub(crate) struct SessionState {
     pub expiry: u32,
     /// A will waiting for its delay is in the store.
     pub will_stored: bool,
+    /// Inbound QoS 2 ids read from the store at start that still await PUBREL.
+    pub restored_qos2: Vec<u16>,
 }
 
 impl Default for SessionState {
@@ -221,6 +223,7 @@ impl Default for SessionState {
             inbound: InboundQos2::new(),
             expiry: 0,
             will_stored: false,
+            restored_qos2: Vec::new(),
         }
     }
 }

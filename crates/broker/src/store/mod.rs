@@ -169,11 +169,55 @@ impl std::str::FromStr for SyncMode {
 /// [`Store::backlogged`]).
 pub(crate) const MAX_BACKLOG: usize = 50_000;
 
+/// Tickets count changes: a submission's ticket is the number of changes queued over the
+/// store's life up to and including its own.
 struct Pending {
     ops: Vec<Op>,
-    /// Ticket of the last submission.
+    /// Changes submitted so far (the last ticket).
     submitted: u64,
+    /// Changes taken by the writer so far.
+    taken: u64,
+    /// Open groups: id, and the ticket before their first change. The writer takes no change
+    /// submitted after a group opened until it closes.
+    open: Vec<(u64, u64)>,
+    next_group: u64,
     closing: bool,
+}
+
+impl Pending {
+    /// How many of the queued changes the writer may take now.
+    fn ready(&self) -> usize {
+        if self.closing {
+            return self.ops.len();
+        }
+        let limit = self
+            .open
+            .iter()
+            .map(|g| g.1)
+            .min()
+            .unwrap_or(self.submitted);
+        usize::try_from(limit.saturating_sub(self.taken))
+            .map_or(self.ops.len(), |n| n.min(self.ops.len()))
+    }
+}
+
+/// Changes that reach the disk in one transaction, whichever other changes are submitted
+/// meanwhile: everything one publish writes (the message for each persistent session, the
+/// retained copy, the QoS 2 packet id), so that a crash keeps all of it or none. Ends when
+/// dropped; keep it short, the writer waits for it.
+pub(crate) struct Group {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.open.retain(|g| g.0 != self.id);
+        if !p.ops.is_empty() {
+            self.inner.wake.notify_one();
+        }
+    }
 }
 
 struct Inner {
@@ -185,6 +229,11 @@ struct Inner {
     failed: AtomicBool,
     /// Changes queued and not yet taken by the writer.
     backlog: std::sync::atomic::AtomicUsize,
+    /// When the oldest of them was queued, in ns after `epoch` plus 1 (0: none queued).
+    oldest: AtomicU64,
+    epoch: Instant,
+    /// How long changes may wait for the writer before acknowledgements wait for it too.
+    max_lag: Duration,
     next_id: AtomicU64,
     mode: SyncMode,
     interval: Duration,
@@ -205,8 +254,13 @@ impl Store {
         interval: Duration,
     ) -> Result<(Store, Snapshot), StoreError> {
         let started = Instant::now();
-        let backend = RedbBackend::open(dir)?;
-        let snapshot = Snapshot::read(&backend, dir)?;
+        // A damaged file can make the storage engine panic rather than return an error.
+        let opened = guard(dir, || {
+            let backend = RedbBackend::open(dir)?;
+            let snapshot = Snapshot::read(&backend, dir)?;
+            Ok((backend, snapshot))
+        });
+        let (backend, snapshot) = opened?;
         info!(
             dir = %dir.display(),
             retained = snapshot.retained.len(),
@@ -232,12 +286,21 @@ impl Store {
             pending: Mutex::new(Pending {
                 ops: Vec::new(),
                 submitted: 0,
+                taken: 0,
+                open: Vec::new(),
+                next_group: 0,
                 closing: false,
             }),
             wake: Condvar::new(),
             durable: tokio::sync::watch::Sender::new(0),
             failed: AtomicBool::new(false),
             backlog: std::sync::atomic::AtomicUsize::new(0),
+            oldest: AtomicU64::new(0),
+            epoch: Instant::now(),
+            max_lag: match mode {
+                SyncMode::Never => NEVER_SYNC_EVERY,
+                _ => interval,
+            },
             next_id: AtomicU64::new(max_id + 1),
             mode,
             interval,
@@ -270,25 +333,49 @@ impl Store {
     pub fn submit_all(&self, ops: impl IntoIterator<Item = Op>) -> u64 {
         let mut p = self.pending();
         let was_empty = p.ops.is_empty();
+        let before = p.ops.len();
         p.ops.extend(ops);
-        p.submitted += 1;
+        p.submitted += (p.ops.len() - before) as u64;
         self.inner.backlog.store(p.ops.len(), Ordering::Relaxed);
         if was_empty {
+            let since = self.inner.epoch.elapsed().as_nanos();
+            let since = u64::try_from(since).unwrap_or(u64::MAX - 1) + 1;
+            self.inner.oldest.store(since, Ordering::Relaxed);
             self.inner.wake.notify_one();
         }
         p.submitted
     }
 
-    /// True when more changes wait for the writer than [`MAX_BACKLOG`]: acknowledgements
-    /// then wait for their writes whatever the sync mode, so that publishers cannot outrun
-    /// the disk with an ever-growing queue in memory.
+    /// True when more changes wait for the writer than [`MAX_BACKLOG`], or the oldest has
+    /// waited longer than the sync interval: acknowledgements then wait for their writes
+    /// whatever the sync mode, so that publishers cannot outrun the disk, neither with an
+    /// ever-growing queue in memory nor past the loss window the mode promises.
     pub fn backlogged(&self) -> bool {
-        self.inner.backlog.load(Ordering::Relaxed) > MAX_BACKLOG
+        let inner = &self.inner;
+        if inner.backlog.load(Ordering::Relaxed) > MAX_BACKLOG {
+            return true;
+        }
+        let oldest = inner.oldest.load(Ordering::Relaxed);
+        oldest != 0
+            && inner.epoch.elapsed().as_nanos() > u128::from(oldest - 1) + inner.max_lag.as_nanos()
     }
 
     /// The ticket of the last submission.
     pub fn submitted(&self) -> u64 {
         self.pending().submitted
+    }
+
+    /// Opens a [`Group`].
+    pub fn group(&self) -> Group {
+        let mut p = self.pending();
+        let id = p.next_group;
+        p.next_group += 1;
+        let start = p.submitted;
+        p.open.push((id, start));
+        Group {
+            inner: self.inner.clone(),
+            id,
+        }
     }
 
     /// A fresh id for message bodies and queued messages.
@@ -351,7 +438,7 @@ fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
     loop {
         let (ops, ticket, closing) = {
             let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            while p.ops.is_empty() && !p.closing {
+            while p.ready() == 0 && !p.closing {
                 if !unsynced {
                     p = inner.wake.wait(p).unwrap_or_else(|e| e.into_inner());
                     continue;
@@ -366,8 +453,18 @@ fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
                     .map(|(g, _)| g)
                     .unwrap_or_else(|e| e.into_inner().0);
             }
-            inner.backlog.store(0, Ordering::Relaxed);
-            (std::mem::take(&mut p.ops), p.submitted, p.closing)
+            let ready = p.ready();
+            let ops = if ready == p.ops.len() {
+                std::mem::take(&mut p.ops)
+            } else {
+                p.ops.drain(..ready).collect()
+            };
+            p.taken += ops.len() as u64;
+            inner.backlog.store(p.ops.len(), Ordering::Relaxed);
+            if p.ops.is_empty() {
+                inner.oldest.store(0, Ordering::Relaxed);
+            }
+            (ops, p.taken, p.closing)
         };
         if inner.failed.load(Ordering::Acquire) {
             if closing {
@@ -375,7 +472,7 @@ fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
             }
             continue;
         }
-        let result = (|| {
+        let result = guard(&inner.path, || {
             if !ops.is_empty() {
                 backend.write(&ops)?;
                 unsynced = true;
@@ -385,8 +482,8 @@ fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
                 last_sync = Instant::now();
                 unsynced = false;
             }
-            Ok::<(), StoreError>(())
-        })();
+            Ok(())
+        });
         match result {
             Ok(()) => {
                 inner.durable.send_replace(ticket);
@@ -402,6 +499,25 @@ fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
             return;
         }
     }
+}
+
+/// Runs `f`, turning a panic of the storage engine (a damaged file) into an error naming the
+/// store's file.
+fn guard<T>(dir: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        Err(StoreError::Backend {
+            path: dir.join(redb_backend::FILE),
+            message: format!(
+                "the storage engine failed ({why}): the file is damaged; move it away to start \
+                 empty, or start with --memory"
+            ),
+        })
+    })
 }
 
 /// Creates the data directory if it is missing.
@@ -523,6 +639,39 @@ mod tests {
         store.close();
         let (map, _, syncs) = backend.state.lock().unwrap().clone();
         assert_eq!((map.len(), syncs), (2, 2));
+    }
+
+    #[test]
+    fn a_group_reaches_the_backend_in_one_batch_once_it_closes() {
+        let backend = Recording::default();
+        let store = Store::start(
+            Box::new(backend.clone()),
+            SyncMode::Never,
+            Duration::from_millis(100),
+            Path::new("mem"),
+            0,
+        )
+        .unwrap();
+        let before = store.submit(put(0));
+        let group = store.group();
+        store.submit(put(1));
+        // Submitted meanwhile by someone else: held back too, to keep the order.
+        store.submit(put(2));
+        std::thread::sleep(Duration::from_millis(100));
+        {
+            let s = backend.state.lock().unwrap();
+            assert!(!s.0.contains_key(1u32.to_be_bytes().as_slice()));
+            assert!(!s.0.contains_key(2u32.to_be_bytes().as_slice()));
+        }
+        assert!(*store.durable().borrow() >= before);
+        store.submit(put(3));
+        drop(group);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while *store.durable().borrow() < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(backend.state.lock().unwrap().0.len(), 4);
+        store.close();
     }
 
     /// A backend whose disk is full.

@@ -96,6 +96,7 @@ pub(crate) fn restore(shared: &Arc<Shared>, snapshot: Snapshot) {
             }
         }
         entry.restore_queue(waiting);
+        state.restored_qos2 = s.qos2.iter().map(|id| id.get()).collect();
         for id in s.qos2 {
             state.inbound.restore(id);
         }
