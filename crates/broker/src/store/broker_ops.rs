@@ -98,8 +98,8 @@ impl Store {
             encode_queued(id, d.qos, d.retain, &d.sub_ids, None),
         );
         match body {
-            Some(body) => self.submit_all([body, put]),
-            None => self.submit(put),
+            Some(body) => self.submit_new([body, put]),
+            None => self.submit_new([put]),
         };
     }
 

@@ -24,6 +24,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+
+use crate::message::FastMap;
 use tracing::{error, info};
 
 pub(crate) use record::Snapshot;
@@ -172,7 +174,8 @@ pub(crate) const MAX_BACKLOG: usize = 50_000;
 /// Tickets count changes: a submission's ticket is the number of changes queued over the
 /// store's life up to and including its own.
 struct Pending {
-    ops: Vec<Op>,
+    /// Each with whether it creates its key (a new id that no earlier change used).
+    ops: std::collections::VecDeque<(Op, bool)>,
     /// Changes submitted so far (the last ticket).
     submitted: u64,
     /// Changes taken by the writer so far.
@@ -284,7 +287,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let inner = Arc::new(Inner {
             pending: Mutex::new(Pending {
-                ops: Vec::new(),
+                ops: std::collections::VecDeque::new(),
                 submitted: 0,
                 taken: 0,
                 open: Vec::new(),
@@ -331,6 +334,16 @@ impl Store {
 
     /// Queues changes that must be applied together; returns their ticket.
     pub fn submit_all(&self, ops: impl IntoIterator<Item = Op>) -> u64 {
+        self.submit_marked(ops.into_iter().map(|op| (op, false)))
+    }
+
+    /// Queues [`Op::Put`]s of keys that no change used before (new ids): when a delete of
+    /// the same key reaches the writer in the same batch, neither goes to the disk.
+    pub fn submit_new(&self, ops: impl IntoIterator<Item = Op>) -> u64 {
+        self.submit_marked(ops.into_iter().map(|op| (op, true)))
+    }
+
+    fn submit_marked(&self, ops: impl IntoIterator<Item = (Op, bool)>) -> u64 {
         let mut p = self.pending();
         let was_empty = p.ops.is_empty();
         let before = p.ops.len();
@@ -454,8 +467,8 @@ fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
                     .unwrap_or_else(|e| e.into_inner().0);
             }
             let ready = p.ready();
-            let ops = if ready == p.ops.len() {
-                std::mem::take(&mut p.ops)
+            let ops: Vec<(Op, bool)> = if ready == p.ops.len() {
+                std::mem::take(&mut p.ops).into()
             } else {
                 p.ops.drain(..ready).collect()
             };
@@ -473,6 +486,7 @@ fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
             continue;
         }
         let result = guard(&inner.path, || {
+            let ops = coalesce(ops);
             if !ops.is_empty() {
                 backend.write(&ops)?;
                 unsynced = true;
@@ -497,6 +511,48 @@ fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
         }
         if closing {
             return;
+        }
+    }
+}
+
+/// The net effect of a batch: one change per key (its last), and nothing at all for a key
+/// created and deleted within the batch — a message acknowledged soon after it was queued
+/// costs the disk nothing. Changes to different keys commute inside one transaction; a
+/// [`Op::DeletePrefix`] is a barrier that nothing moves across.
+fn coalesce(ops: Vec<(Op, bool)>) -> Vec<Op> {
+    // Per key of the current segment: the index of its first and last change.
+    let mut seen: FastMap<(Table, &[u8]), (usize, usize)> = FastMap::default();
+    let mut keep = vec![true; ops.len()];
+    for (i, (op, _)) in ops.iter().enumerate() {
+        match op {
+            Op::Put(t, k, _) | Op::Delete(t, k) => {
+                if let Some((_, last)) = seen.get_mut(&(*t, k.as_slice())) {
+                    keep[*last] = false;
+                    *last = i;
+                } else {
+                    seen.insert((*t, k.as_slice()), (i, i));
+                }
+            }
+            Op::DeletePrefix(..) => drop_created_then_deleted(&ops, &mut seen, &mut keep),
+        }
+    }
+    drop_created_then_deleted(&ops, &mut seen, &mut keep);
+    ops.into_iter()
+        .zip(keep)
+        .filter_map(|((op, _), keep)| keep.then_some(op))
+        .collect()
+}
+
+/// Ends a segment of [`coalesce`]: a key whose first change created it and whose last
+/// deletes it leaves nothing (its other changes were dropped already).
+fn drop_created_then_deleted(
+    ops: &[(Op, bool)],
+    seen: &mut FastMap<(Table, &[u8]), (usize, usize)>,
+    keep: &mut [bool],
+) {
+    for (_, (first, last)) in seen.drain() {
+        if ops[first].1 && matches!(ops[last].0, Op::Delete(..)) {
+            keep[last] = false;
         }
     }
 }
@@ -672,6 +728,35 @@ mod tests {
         }
         assert_eq!(backend.state.lock().unwrap().0.len(), 4);
         store.close();
+    }
+
+    #[test]
+    fn a_batch_keeps_the_last_change_per_key_and_drops_what_it_created_and_deleted() {
+        let key = |k: &str| k.as_bytes().to_vec();
+        let put = |k: &str, v: u8| Op::Put(Table::Queued, key(k), vec![v]);
+        let delete = |k: &str| Op::Delete(Table::Queued, key(k));
+        let ops = vec![
+            (put("new", 1), true),
+            (put("new", 2), false),
+            (delete("new"), false),
+            (put("old", 1), false),
+            (delete("old"), false),
+            (put("kept", 1), true),
+            (put("kept", 2), false),
+            (Op::Put(Table::Bodies, key("new"), vec![9]), false),
+            (Op::DeletePrefix(Table::Queued, key("k")), false),
+            (delete("kept"), false),
+        ];
+        assert_eq!(
+            coalesce(ops),
+            vec![
+                delete("old"),
+                put("kept", 2),
+                Op::Put(Table::Bodies, key("new"), vec![9]),
+                Op::DeletePrefix(Table::Queued, key("k")),
+                delete("kept"),
+            ]
+        );
     }
 
     /// A backend whose disk is full.
