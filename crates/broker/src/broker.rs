@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use crate::acl::{Acl, Action};
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, ListenerKind};
 use crate::listener::{Listener, ListenerInfo, Prepared};
@@ -45,6 +46,9 @@ pub enum BrokerError {
     /// the file).
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The ACL file cannot be read or has a bad line (the error names file and line).
+    #[error(transparent)]
+    Acl(#[from] crate::acl::AclError),
     /// The store cannot be opened or read (the error names the data directory and what to
     /// do).
     #[error(transparent)]
@@ -60,6 +64,8 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     /// Where persistent state goes; `None` for an in-memory broker.
     pub store: Option<Store>,
+    /// Who may do what where; `None`: everything is allowed.
+    pub acl: Option<Acl>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub started: Instant,
@@ -84,6 +90,9 @@ impl Shared {
             });
         let mut hold = BodyHold::default();
         for t in targets.drain(..) {
+            if !self.may_receive(&t.session, &msg.topic) {
+                continue;
+            }
             let delivery = Delivery {
                 msg: msg.clone(),
                 qos: msg.qos.min(t.qos),
@@ -102,6 +111,18 @@ impl Shared {
         routed.stored |= hold.stored;
         self.let_go(&msg, hold);
         routed
+    }
+
+    /// Whether the ACL lets `session` receive messages on `topic`.
+    pub fn may_receive(&self, session: &SessionEntry, topic: &str) -> bool {
+        self.acl.as_ref().is_none_or(|acl| {
+            acl.allows(
+                Action::Receive,
+                topic,
+                &session.client_id,
+                session.username().as_deref(),
+            )
+        })
     }
 
     /// Offers a message to a session's mailbox, writing it to the store first if the session
@@ -277,6 +298,12 @@ impl BrokerBuilder {
             self.config.validate()?;
         }
         let prepared = crate::listener::prepare(&self.config, custom)?;
+        let acl = self
+            .config
+            .acl_file
+            .as_deref()
+            .map(Acl::from_file)
+            .transpose()?;
         // Opened before binding: a store that cannot be read stops the start.
         let store = if self.config.persistence {
             let dir = self.config.data_dir.clone();
@@ -294,7 +321,7 @@ impl BrokerBuilder {
         // The state comes back before the listeners open: no client sees a half-restored
         // broker.
         let (store, snapshot) = store.unzip();
-        let shared = Broker::shared(self.config, store);
+        let shared = Broker::shared(self.config, store, acl);
         if let Some(snapshot) = snapshot {
             crate::store::restore(&shared, snapshot);
         }
@@ -409,7 +436,7 @@ impl Broker {
             source,
         })?;
         let config = Config::default().listen([local]).in_memory();
-        let shared = Self::shared(config, None);
+        let shared = Self::shared(config, None, None);
         let info = Listener::open_tcp(local);
         let mut broker = Broker {
             shared,
@@ -428,6 +455,9 @@ impl Broker {
     pub fn check_config(config: &Config) -> Result<(), BrokerError> {
         config.validate()?;
         crate::listener::prepare(config, None)?;
+        if let Some(path) = &config.acl_file {
+            Acl::from_file(path)?;
+        }
         Ok(())
     }
 
@@ -441,10 +471,11 @@ impl Broker {
         BrokerBuilder { config, auth: None }
     }
 
-    fn shared(config: Config, store: Option<Store>) -> Arc<Shared> {
+    fn shared(config: Config, store: Option<Store>, acl: Option<Acl>) -> Arc<Shared> {
         Arc::new(Shared {
             config,
             store,
+            acl,
             router: Router::default(),
             retained: RetainStore::default(),
             sessions: Sessions::default(),

@@ -264,6 +264,10 @@ pub struct Config {
     /// one (`false` without a `password_file` is then an error); for `[[listener]]` tables:
     /// refused unless the table says otherwise.
     pub allow_anonymous: Option<bool>,
+    /// ACL file (Mosquitto's `acl_file` format, with `client` sections, `default` and the
+    /// `subscribe` / `receive` / `publish` access words): who may publish, subscribe and
+    /// receive on which topics. Read at start. Absent by default: everything is allowed.
+    pub acl_file: Option<PathBuf>,
     /// Keep retained messages and persistent sessions (subscriptions, queued and in-flight
     /// QoS 1/2 messages, inbound QoS 2 ids, delayed wills) in `data_dir` across restarts.
     /// Default true; `false` (or `sagitta broker --memory`) keeps everything in memory.
@@ -302,6 +306,7 @@ impl Default for Config {
             sys_interval: 10,
             password_file: None,
             allow_anonymous: None,
+            acl_file: None,
             persistence: true,
             data_dir: PathBuf::from("data"),
             sync: SyncMode::Periodic,

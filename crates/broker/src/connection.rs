@@ -22,6 +22,7 @@ use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit};
 use tokio::time::Sleep;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
+use crate::acl::Action;
 use crate::auth::ConnectInfo;
 use crate::broker::{BodyHold, Shared};
 use crate::listener::ConnContext;
@@ -345,7 +346,23 @@ where
         let _ = io.flush().await;
         return None;
     }
+    // The name the client is known by from now on (its certificate's identity on a
+    // listener with `use_identity_as_username`).
+    let username: Option<Arc<str>> = ctx.username(connect.username.as_deref()).map(Arc::from);
     if let Some(will) = &connect.will {
+        if let Some(acl) = &shared.acl
+            && !acl.allows(
+                Action::Publish,
+                &will.topic,
+                &client_id,
+                username.as_deref(),
+            )
+        {
+            info!(%peer, client_id = &*client_id, username = username.as_deref(), topic = %will.topic, "connection refused: the ACL does not allow the will's topic");
+            refuse(&mut io, ReasonCode::NotAuthorized);
+            let _ = io.flush().await;
+            return None;
+        }
         if will.qos as u8 > shared.config.maximum_qos {
             refuse(&mut io, ReasonCode::QoSNotSupported);
             let _ = io.flush().await;
@@ -450,7 +467,10 @@ where
     io.send(&Packet::ConnAck(ack), version);
     entry.set_connected(true);
     shared.metrics.client_connected();
-    info!(%peer, client_id = &*client_id, protocol = %version, keep_alive, clean_start = connect.clean_start, session_present, "client connected");
+    if shared.acl.is_some() {
+        entry.set_username(username.clone());
+    }
+    info!(%peer, client_id = &*client_id, username = username.as_deref(), protocol = %version, keep_alive, clean_start = connect.clean_start, session_present, "client connected");
 
     let client_max_packet = connect
         .properties
@@ -486,6 +506,7 @@ where
         out_aliases: (alias_max > 0).then(|| Box::new(OutboundAliases::new(alias_max))),
         received: 0,
         sent: 0,
+        username,
         gate: None,
         out_ticket: 0,
     };
@@ -518,6 +539,8 @@ struct Conn<S> {
     out_aliases: Option<Box<OutboundAliases>>,
     received: u64,
     sent: u64,
+    /// The username the client is known by (for ACL checks).
+    username: Option<Arc<str>>,
     /// With `sync = "always"`: acknowledgements waiting for the store.
     gate: Option<Box<AckGate>>,
     /// With `sync = "always"`: the store ticket that must be durable before the output buffer
@@ -772,7 +795,9 @@ impl<S: Transport> Conn<S> {
             && std::str::from_utf8(&p.payload).is_err();
         if invalid_utf8 {
             reason = ReasonCode::PayloadFormatInvalid;
-        } else if topic.starts_with("$SYS") {
+        } else if topic.starts_with("$SYS") || !self.allowed(Action::Publish, &topic) {
+            // Refused: a 5.0 client is told (PUBACK / PUBREC 0x87); a 3.x client's message
+            // is acknowledged and dropped, as 3.1.1 allows [MQTT-3.3.5-2].
             reason = ReasonCode::NotAuthorized;
         }
         let mut deliver = reason == ReasonCode::Success;
@@ -846,7 +871,7 @@ impl<S: Transport> Conn<S> {
             if reason.is_error() && self.problem_info {
                 let why = match reason {
                     ReasonCode::PayloadFormatInvalid => "payload is not valid UTF-8",
-                    _ => "clients may not publish to $SYS topics",
+                    _ => "not authorized to publish to this topic",
                 };
                 response.properties.reason_string = MqttStr::new(why).ok();
             }
@@ -872,6 +897,11 @@ impl<S: Transport> Conn<S> {
         let now = Instant::now();
         for (filter, mut options) in s.filters {
             options.qos = options.qos.min(max_qos);
+            if !self.allowed(Action::Subscribe, filter.match_filter()) {
+                // 5.0: 0x87 Not authorized; 3.x: 0x80 Failure.
+                reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
             let (entry, shared, client_id) = (&self.entry, &self.shared, &self.client_id);
             self.shared
                 .router
@@ -888,6 +918,9 @@ impl<S: Transport> Conn<S> {
                     }
                     for msg in shared.retained.matching(filter.match_filter(), now) {
                         if options.no_local && msg.origin.as_deref() == Some(&**client_id) {
+                            continue;
+                        }
+                        if !shared.may_receive(entry, &msg.topic) {
                             continue;
                         }
                         let d = Delivery {
@@ -1235,6 +1268,14 @@ impl<S: Transport> Conn<S> {
         }
         self.shared
             .schedule_will(self.entry.clone(), self.generation, msg, u64::from(delay));
+    }
+
+    /// Whether the ACL (if any) lets this client do `action` on `topic`.
+    fn allowed(&self, action: Action, topic: &str) -> bool {
+        self.shared
+            .acl
+            .as_ref()
+            .is_none_or(|acl| acl.allows(action, topic, &self.client_id, self.username.as_deref()))
     }
 
     /// The store, if this session is kept in it.

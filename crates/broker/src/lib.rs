@@ -22,6 +22,7 @@
 //! - [`message`]: the shared message type.
 //! - [`config`]: typed TOML configuration with defaults and validation.
 //! - [`auth`]: the [`Authenticator`] trait authentication plugs into.
+//! - [`acl`]: [`Acl`], who may publish, subscribe and receive where (`acl_file`).
 //! - [`password`]: [`PasswordFile`], Mosquitto-compatible password-file authentication.
 //! - [`metrics`]: broker-wide counters.
 //! - [`store`]: persistence of retained messages and persistent sessions (the [`store::Backend`]
@@ -33,6 +34,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod auth;
 #[doc(hidden)]
 pub mod bench_support;
@@ -49,6 +51,7 @@ mod session;
 pub mod store;
 pub mod tls;
 
+pub use acl::{Acl, AclError, Action};
 pub use auth::{AllowAll, Authenticator, ConnectInfo};
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use config::{Config, ConfigError, ListenerConfig, ListenerKind};

@@ -133,6 +133,18 @@ impl ConnContext {
     pub fn authenticate(&self, info: &ConnectInfo<'_>) -> Result<(), ReasonCode> {
         self.listener.authenticate(info)
     }
+
+    /// The username the client is known by: the CONNECT's, or with
+    /// `use_identity_as_username` its certificate's identity.
+    pub fn username<'a>(&'a self, from_connect: Option<&'a str>) -> Option<&'a str> {
+        if self.listener.use_identity_as_username {
+            self.certificate
+                .as_ref()
+                .and_then(ClientCertificate::identity)
+        } else {
+            from_connect
+        }
+    }
 }
 
 /// A listener with its files read, ready to bind.

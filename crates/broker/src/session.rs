@@ -69,6 +69,8 @@ pub(crate) struct SessionEntry {
     connected: AtomicBool,
     /// Kept in the store: its QoS 1/2 messages are stored as they are queued.
     persistent: AtomicBool,
+    /// The username its last client logged in with (for ACL checks on delivery).
+    username: Mutex<Option<Arc<str>>>,
     /// Subscriptions of this session in the router (kept by the router): with at most one,
     /// a message cannot match the session twice and routing skips merging its targets.
     pub(crate) routes: std::sync::atomic::AtomicU32,
@@ -92,6 +94,7 @@ impl SessionEntry {
             notify: Notify::new(),
             connected: AtomicBool::new(false),
             persistent: AtomicBool::new(false),
+            username: Mutex::new(None),
             routes: std::sync::atomic::AtomicU32::new(0),
             generation: AtomicU64::new(0),
             state: Arc::new(tokio::sync::Mutex::new(SessionState::default())),
@@ -114,6 +117,18 @@ impl SessionEntry {
 
     pub fn set_persistent(&self, persistent: bool) {
         self.persistent.store(persistent, Ordering::Release);
+    }
+
+    /// The username of the session's (last) client.
+    pub fn username(&self) -> Option<Arc<str>> {
+        self.username
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_username(&self, username: Option<Arc<str>>) {
+        *self.username.lock().unwrap_or_else(|e| e.into_inner()) = username;
     }
 
     pub fn generation(&self) -> u64 {

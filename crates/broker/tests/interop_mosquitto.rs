@@ -128,6 +128,7 @@ versions! {
     will_on_abrupt_disconnect: [v31, v311, v5];
     persistent_session: [v31, v311, v5];
     sys_version: [v311, v5];
+    acl: [v311, v5];
     v5_properties: [v5];
 }
 
@@ -394,4 +395,98 @@ async fn v5_properties(v: V) {
         "props/b|1||||||5|plain|"
     );
     broker.stop().await;
+}
+
+/// An ACL file (`acl_file`) seen through Mosquitto's clients: a user reads only what the file
+/// grants and its publishes elsewhere go nowhere (3.1.1: acknowledged and dropped; 5.0:
+/// refused with 0x87, which mosquitto_pub reports on stderr).
+async fn acl(v: V) {
+    require_mosquitto();
+    let path = std::env::temp_dir().join(format!(
+        "sagitta-acl-interop-{}-{v:?}.acl",
+        std::process::id()
+    ));
+    std::fs::write(
+        &path,
+        "user reader\ntopic read feed/#\ntopic deny feed/hidden\n\
+         user writer\ntopic write feed/#\n",
+    )
+    .unwrap();
+    let acl = path.clone();
+    let broker = TestBroker::start_with(|c| c.acl_file = Some(acl)).await;
+    let mut sub = subscriber(&broker, v, &["-u", "reader", "-q", "1", "-t", "feed/#"]);
+    // Readiness pings, from the writer (nobody else may publish there).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        publish(&broker, v, &["-u", "writer", "-t", "feed/ping", "-m", PING]).await;
+        if sub
+            .next_line_raw(Duration::from_millis(150))
+            .await
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reader never got a ping"
+        );
+    }
+    // The reader may not publish; the writer may not publish outside feed/#.
+    let mut a = conn(&broker, v);
+    a.extend(args([
+        "-u",
+        "reader",
+        "-q",
+        "1",
+        "-t",
+        "feed/x",
+        "-m",
+        "from the reader",
+    ]));
+    let denied_reader = tokio::process::Command::new("mosquitto_pub")
+        .args(&a)
+        .output()
+        .await
+        .unwrap();
+    let mut a = conn(&broker, v);
+    a.extend(args([
+        "-u",
+        "writer",
+        "-q",
+        "1",
+        "-t",
+        "feed/hidden",
+        "-m",
+        "hidden",
+    ]));
+    run_ok("mosquitto_pub", &a, WAIT).await;
+    publish(
+        &broker,
+        v,
+        &[
+            "-u",
+            "writer",
+            "-q",
+            "1",
+            "-t",
+            "feed/news",
+            "-m",
+            "allowed",
+        ],
+    )
+    .await;
+    assert_eq!(
+        sub.expect_line("the allowed message").await,
+        "feed/news|1|0|allowed"
+    );
+    if matches!(v, V::V5) {
+        // It exits 0 but reports the PUBACK's reason code.
+        let stderr = String::from_utf8_lossy(&denied_reader.stderr);
+        assert!(
+            stderr.contains("Not authorized"),
+            "mosquitto_pub 5.0 should report the refusal (0x87): {stderr}"
+        );
+    }
+    broker.stop().await;
+    let _ = std::fs::remove_file(path);
 }
