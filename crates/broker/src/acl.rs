@@ -58,6 +58,33 @@ const PUBLISH: u8 = 1;
 const SUBSCRIBE: u8 = 2;
 const RECEIVE: u8 = 4;
 
+/// Decides what a connected client may do. [`Acl`] (the `acl_file`) is one; a broker built
+/// with `BrokerBuilder::authorizer` asks another (an HTTP callout, JWT claims...) instead.
+/// Called on the publish path: keep it fast (or cache).
+pub trait Authorizer: Send + Sync + 'static {
+    /// Whether the client `client_id`, logged in as `username`, may do `action` on `topic`
+    /// (a topic name; for [`Action::Subscribe`] a topic filter without `$share/<group>/`).
+    fn authorize(
+        &self,
+        action: Action,
+        topic: &str,
+        client_id: &str,
+        username: Option<&str>,
+    ) -> bool;
+}
+
+impl Authorizer for Acl {
+    fn authorize(
+        &self,
+        action: Action,
+        topic: &str,
+        client_id: &str,
+        username: Option<&str>,
+    ) -> bool {
+        self.allows(action, topic, client_id, username)
+    }
+}
+
 /// Why an ACL file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {

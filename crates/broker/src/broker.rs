@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use crate::acl::{Acl, Action};
+use crate::acl::{Acl, Action, Authorizer};
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, ListenerKind};
 use crate::listener::{Listener, ListenerInfo, Prepared};
@@ -65,7 +65,7 @@ pub(crate) struct Shared {
     /// Where persistent state goes; `None` for an in-memory broker.
     pub store: Option<Store>,
     /// Who may do what where; `None`: everything is allowed.
-    pub acl: Option<Acl>,
+    pub acl: Option<Box<dyn Authorizer>>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub started: Instant,
@@ -116,7 +116,7 @@ impl Shared {
     /// Whether the ACL lets `session` receive messages on `topic`.
     pub fn may_receive(&self, session: &SessionEntry, topic: &str) -> bool {
         self.acl.as_ref().is_none_or(|acl| {
-            acl.allows(
+            acl.authorize(
                 Action::Receive,
                 topic,
                 &session.client_id,
@@ -278,6 +278,8 @@ pub struct BrokerBuilder {
     config: Config,
     /// `None`: decided by the configuration (password file or allow all).
     auth: Option<Box<dyn Authenticator>>,
+    /// `None`: decided by the configuration (`acl_file`, or allow all).
+    authorizer: Option<Box<dyn Authorizer>>,
 }
 
 impl BrokerBuilder {
@@ -285,6 +287,13 @@ impl BrokerBuilder {
     /// `allow_anonymous` from the configuration).
     pub fn authenticator(mut self, auth: impl Authenticator) -> Self {
         self.auth = Some(Box::new(auth));
+        self
+    }
+
+    /// Uses `authorizer` to decide what connected clients may publish, subscribe to and
+    /// receive (instead of `acl_file` from the configuration).
+    pub fn authorizer(mut self, authorizer: impl Authorizer) -> Self {
+        self.authorizer = Some(Box::new(authorizer));
         self
     }
 
@@ -298,12 +307,13 @@ impl BrokerBuilder {
             self.config.validate()?;
         }
         let prepared = crate::listener::prepare(&self.config, custom)?;
-        let acl = self
-            .config
-            .acl_file
-            .as_deref()
-            .map(Acl::from_file)
-            .transpose()?;
+        let acl = match self.authorizer {
+            Some(custom) => Some(custom),
+            None => match &self.config.acl_file {
+                Some(path) => Some(Box::new(Acl::from_file(path)?) as Box<dyn Authorizer>),
+                None => None,
+            },
+        };
         // Opened before binding: a store that cannot be read stops the start.
         let store = if self.config.persistence {
             let dir = self.config.data_dir.clone();
@@ -468,10 +478,18 @@ impl Broker {
 
     /// A builder for a broker with `config` and non-default parts.
     pub fn builder(config: Config) -> BrokerBuilder {
-        BrokerBuilder { config, auth: None }
+        BrokerBuilder {
+            config,
+            auth: None,
+            authorizer: None,
+        }
     }
 
-    fn shared(config: Config, store: Option<Store>, acl: Option<Acl>) -> Arc<Shared> {
+    fn shared(
+        config: Config,
+        store: Option<Store>,
+        acl: Option<Box<dyn Authorizer>>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             config,
             store,

@@ -351,7 +351,7 @@ where
     let username: Option<Arc<str>> = ctx.username(connect.username.as_deref()).map(Arc::from);
     if let Some(will) = &connect.will {
         if let Some(acl) = &shared.acl
-            && !acl.allows(
+            && !acl.authorize(
                 Action::Publish,
                 &will.topic,
                 &client_id,
@@ -1272,10 +1272,9 @@ impl<S: Transport> Conn<S> {
 
     /// Whether the ACL (if any) lets this client do `action` on `topic`.
     fn allowed(&self, action: Action, topic: &str) -> bool {
-        self.shared
-            .acl
-            .as_ref()
-            .is_none_or(|acl| acl.allows(action, topic, &self.client_id, self.username.as_deref()))
+        self.shared.acl.as_ref().is_none_or(|acl| {
+            acl.authorize(action, topic, &self.client_id, self.username.as_deref())
+        })
     }
 
     /// The store, if this session is kept in it.

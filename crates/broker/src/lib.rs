@@ -51,7 +51,7 @@ mod session;
 pub mod store;
 pub mod tls;
 
-pub use acl::{Acl, AclError, Action};
+pub use acl::{Acl, AclError, Action, Authorizer};
 pub use auth::{AllowAll, Authenticator, ConnectInfo};
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use config::{Config, ConfigError, ListenerConfig, ListenerKind};

@@ -253,3 +253,45 @@ async fn a_bad_acl_file_stops_the_start_naming_file_and_line() {
         Ok(_) => panic!("a bad ACL file must stop the start"),
     }
 }
+
+/// Only lets clients publish to topics that start with their client id.
+struct OwnTopicsOnly;
+
+impl sagitta_broker::Authorizer for OwnTopicsOnly {
+    fn authorize(
+        &self,
+        action: sagitta_broker::Action,
+        topic: &str,
+        client_id: &str,
+        _username: Option<&str>,
+    ) -> bool {
+        action != sagitta_broker::Action::Publish || topic.starts_with(client_id)
+    }
+}
+
+#[tokio::test]
+async fn a_custom_authorizer_replaces_the_acl_file() {
+    let config = Config {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        ..Config::default().in_memory()
+    };
+    let b = Broker::builder(config)
+        .authorizer(OwnTopicsOnly)
+        .start()
+        .await
+        .unwrap();
+    let mut c = Peer::connect(addr(&b), V5, "me").await;
+    c.publish("me/x", "mine", QoS::AtLeastOnce, false).await;
+    c.send(Packet::Publish(publish(
+        "you/x",
+        "yours",
+        QoS::AtLeastOnce,
+        false,
+        2,
+    )))
+    .await;
+    match c.recv().await {
+        Packet::PubAck(a) => assert_eq!(a.reason, ReasonCode::NotAuthorized),
+        p => panic!("expected PUBACK, got {p:?}"),
+    }
+}
