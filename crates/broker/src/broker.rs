@@ -11,11 +11,12 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::acl::{Acl, Action, Authorizer};
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, ListenerKind};
+use crate::limits::TokenBucket;
 use crate::listener::{Listener, ListenerInfo, Prepared};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
@@ -70,11 +71,35 @@ pub(crate) struct Shared {
     pub tracker: TaskTracker,
     pub started: Instant,
     next_conn_id: AtomicU64,
+    /// `max_connection_rate`: the bucket, and when a refusal was last logged.
+    connect_rate: Option<std::sync::Mutex<(TokenBucket, Option<Instant>)>>,
 }
 
 impl Shared {
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether a new connection is within `max_connection_rate` (refusals are logged at
+    /// most once a second).
+    pub fn admit_connection(&self) -> bool {
+        let Some(rate) = &self.connect_rate else {
+            return true;
+        };
+        let now = Instant::now();
+        let mut guard = rate.lock().unwrap_or_else(|e| e.into_inner());
+        let (bucket, last_log) = &mut *guard;
+        if bucket.try_take(1.0, now) {
+            return true;
+        }
+        if last_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            *last_log = Some(now);
+            warn!(
+                max_per_sec = self.config.max_connection_rate,
+                "connection rate limit reached, refusing new connections"
+            );
+        }
+        false
     }
 
     /// Routes a message to every matching session and stores it if retained. `targets` is
@@ -490,6 +515,10 @@ impl Broker {
         store: Option<Store>,
         acl: Option<Box<dyn Authorizer>>,
     ) -> Arc<Shared> {
+        let rate = config.max_connection_rate;
+        let connect_rate = (rate > 0).then(|| {
+            std::sync::Mutex::new((TokenBucket::new(f64::from(rate), Instant::now()), None))
+        });
         Arc::new(Shared {
             config,
             store,
@@ -500,6 +529,7 @@ impl Broker {
             metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            connect_rate,
             started: Instant::now(),
             next_conn_id: AtomicU64::new(1),
         })

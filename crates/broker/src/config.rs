@@ -108,6 +108,10 @@ pub struct ListenerConfig {
     /// Password file for this listener. Absent: the global `password_file`, if any.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Most simultaneous connections through this listener (within the global
+    /// `max_connections`). Absent: only the global limit.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 impl ListenerConfig {
@@ -124,6 +128,7 @@ impl ListenerConfig {
             use_identity_as_username: false,
             allow_anonymous: None,
             password_file: None,
+            max_connections: None,
         }
     }
 
@@ -199,6 +204,7 @@ pub(crate) struct EffectiveListener {
     /// Not set with `use_identity_as_username`.
     pub password_file: Option<PathBuf>,
     pub use_identity_as_username: bool,
+    pub max_connections: Option<usize>,
 }
 
 /// Broker settings. Every field has a default; see `sagitta.example.toml`.
@@ -224,6 +230,22 @@ pub struct Config {
     pub failed_login_delay_ms: u64,
     /// Most simultaneous connections. Default 100 000.
     pub max_connections: usize,
+    /// Most new connections accepted per second over all listeners (more are closed at
+    /// once, before any TLS or MQTT work). 0 (the default) for no limit.
+    pub max_connection_rate: u32,
+    /// Most PUBLISH packets per second from one client; a faster client is not read from
+    /// until it is back under the rate (back-pressure, nothing dropped). 0 (the default) for
+    /// no limit.
+    pub max_publish_rate: u32,
+    /// Most bytes of PUBLISH packets per second from one client, enforced like
+    /// `max_publish_rate`. 0 (the default) for no limit.
+    pub max_publish_bandwidth: u64,
+    /// Most subscriptions one session may hold; more are refused (5.0 SUBACK 0x97 Quota
+    /// exceeded, 3.1.1 0x80). Default 10 000; 0 for no limit.
+    pub max_subscriptions_per_client: usize,
+    /// Most levels in a topic name or filter; a PUBLISH with more is refused like a denied
+    /// one (5.0 PUBACK 0x90) and a subscription gets 0x8F (3.1.1: 0x80). Default 128.
+    pub max_topic_levels: usize,
     /// QoS 1/2 messages the broker sends a client before waiting for acknowledgements (also
     /// capped by the client's 5.0 Receive Maximum). Default 1024: it bounds the QoS 1/2
     /// throughput to one client at this many messages per round trip.
@@ -293,6 +315,11 @@ impl Default for Config {
             connect_timeout: 10,
             failed_login_delay_ms: 1000,
             max_connections: 100_000,
+            max_connection_rate: 0,
+            max_publish_rate: 0,
+            max_publish_bandwidth: 0,
+            max_subscriptions_per_client: 10_000,
+            max_topic_levels: 128,
             max_inflight: 1024,
             receive_maximum: 1024,
             max_queued_messages: 1000,
@@ -385,6 +412,9 @@ impl Config {
                 "`false` needs a `password_file` (without one no client can be identified)",
             );
         }
+        if self.max_topic_levels == 0 {
+            return invalid("max_topic_levels", "must be at least 1");
+        }
         if self.sync_interval_ms == 0 {
             return invalid("sync_interval_ms", "must be at least 1");
         }
@@ -473,6 +503,9 @@ impl Config {
                  client); remove one of them",
             );
         }
+        if l.max_connections == Some(0) {
+            return invalid("max_connections", "must be at least 1");
+        }
         if l.name.as_deref().is_some_and(str::is_empty) {
             return invalid("name", "must not be empty");
         }
@@ -517,6 +550,7 @@ impl Config {
                     .or_else(|| self.password_file.clone())
             },
             use_identity_as_username: l.use_identity_as_username,
+            max_connections: l.max_connections,
         }
     }
 
@@ -533,6 +567,7 @@ impl Config {
                 allow_anonymous: self.anonymous_allowed(),
                 password_file: self.password_file.clone(),
                 use_identity_as_username: false,
+                max_connections: None,
             });
         let typed = self.listeners.iter().map(|l| self.effective(l));
         plain.chain(typed).collect()

@@ -18,14 +18,15 @@ use sagitta_proto::{
     TopicName, UnsubAck, Unsubscribe, Will, decode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit};
+use tokio::sync::OwnedMutexGuard;
 use tokio::time::Sleep;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::acl::Action;
 use crate::auth::ConnectInfo;
 use crate::broker::{BodyHold, Shared};
-use crate::listener::ConnContext;
+use crate::limits::PublishLimit;
+use crate::listener::{ConnContext, Slot};
 use crate::message::{ClientId, Delivery, Message};
 use crate::metrics::Metrics;
 use crate::router::Target;
@@ -68,7 +69,7 @@ pub(crate) fn serve<S>(
     stream: S,
     peer: SocketAddr,
     ctx: ConnContext,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
 ) -> impl Future<Output = ()> + Send
 where
     S: Transport,
@@ -94,7 +95,7 @@ async fn open<S>(
     stream: S,
     peer: SocketAddr,
     ctx: ConnContext,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
 ) -> Option<Box<Conn<S>>>
 where
     S: Transport,
@@ -120,6 +121,11 @@ thread_local! {
     static TARGETS: std::cell::Cell<Vec<Target>> = const { std::cell::Cell::new(Vec::new()) };
     /// Scratch space for messages taken from a mailbox; see [`TARGETS`].
     static BATCH_SCRATCH: std::cell::Cell<Vec<Delivery>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Whether a topic name or filter has more than `max` levels.
+fn too_many_levels(topic: &str, max: usize) -> bool {
+    topic.bytes().filter(|b| *b == b'/').count() >= max
 }
 
 /// The topic of a 5.0 PUBLISH that uses an established topic alias.
@@ -155,7 +161,7 @@ impl Transport for tokio::net::TcpStream {
 struct Io<S> {
     stream: S,
     /// This connection's place under `max_connections`, given back when the socket closes.
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// How much to reserve for the next read: grows while reads fill it, shrinks when idle.
@@ -507,6 +513,13 @@ where
         received: 0,
         sent: 0,
         username,
+        publish_limit: PublishLimit::new(
+            shared.config.max_publish_rate,
+            shared.config.max_publish_bandwidth,
+            Instant::now(),
+        )
+        .map(Box::new),
+        paused_until: None,
         gate: None,
         out_ticket: 0,
     };
@@ -541,6 +554,10 @@ struct Conn<S> {
     sent: u64,
     /// The username the client is known by (for ACL checks).
     username: Option<Arc<str>>,
+    /// `max_publish_rate` / `max_publish_bandwidth`, if set.
+    publish_limit: Option<Box<PublishLimit>>,
+    /// Not reading from the client until then: it went over its publish limits.
+    paused_until: Option<Instant>,
     /// With `sync = "always"`: acknowledgements waiting for the store.
     gate: Option<Box<AckGate>>,
     /// With `sync = "always"`: the store ticket that must be durable before the output buffer
@@ -596,7 +613,7 @@ impl<S: Transport> Conn<S> {
                 biased;
                 _ = self.shared.shutdown.cancelled() => return Close::Shutdown,
                 _ = self.kick.kicked() => return self.taken_over().await,
-                r = self.io.read() => match r {
+                r = self.io.read(), if self.paused_until.is_none() => match r {
                     Ok(0) => return Close::Network,
                     Err(e) => {
                         debug!(error = %e, "read failed");
@@ -615,7 +632,13 @@ impl<S: Transport> Conn<S> {
                         return close;
                     }
                 }
-                _ = &mut self.ka_timer, if self.keep_alive > 0 => {
+                _ = tokio::time::sleep_until(self.paused_until.unwrap_or_else(Instant::now).into()), if self.paused_until.is_some() => {
+                    // Back under its publish limits: read again. The pause was ours, not
+                    // the client's silence.
+                    self.paused_until = None;
+                    self.last_rx = Instant::now();
+                }
+                _ = &mut self.ka_timer, if self.keep_alive > 0 && self.paused_until.is_none() => {
                     // The timer is re-armed lazily: reads only move `last_rx`.
                     match server_keep_alive_deadline(self.last_rx, self.keep_alive) {
                         Some(d) if d > Instant::now() => self.ka_timer.as_mut().reset(d.into()),
@@ -748,6 +771,22 @@ impl<S: Transport> Conn<S> {
     fn on_publish(&mut self, p: Publish) -> Option<Close> {
         let v5 = self.version.is_v5();
         self.received += 1;
+        if let Some(limit) = self.publish_limit.as_mut() {
+            let now = Instant::now();
+            let (wait, first) = limit.publish(p.topic.len() + p.payload.len(), now);
+            if !wait.is_zero() {
+                let until = now + wait;
+                self.paused_until = Some(self.paused_until.map_or(until, |t| t.max(until)));
+                if first {
+                    info!(
+                        client_id = &*self.client_id,
+                        max_publish_rate = self.shared.config.max_publish_rate,
+                        max_publish_bandwidth = self.shared.config.max_publish_bandwidth,
+                        "publish limit reached: reading from the client only as fast as the limits allow"
+                    );
+                }
+            }
+        }
         if p.qos as u8 > self.shared.config.maximum_qos {
             return Some(Close::Protocol(
                 ReasonCode::QoSNotSupported,
@@ -795,6 +834,13 @@ impl<S: Transport> Conn<S> {
             && std::str::from_utf8(&p.payload).is_err();
         if invalid_utf8 {
             reason = ReasonCode::PayloadFormatInvalid;
+        } else if too_many_levels(&topic, self.shared.config.max_topic_levels) {
+            info!(
+                client_id = &*self.client_id,
+                max_topic_levels = self.shared.config.max_topic_levels,
+                "PUBLISH refused: too many topic levels"
+            );
+            reason = ReasonCode::TopicNameInvalid;
         } else if topic.starts_with("$SYS") || !self.allowed(Action::Publish, &topic) {
             // Refused: a 5.0 client is told (PUBACK / PUBREC 0x87); a 3.x client's message
             // is acknowledged and dropped, as 3.1.1 allows [MQTT-3.3.5-2].
@@ -871,6 +917,7 @@ impl<S: Transport> Conn<S> {
             if reason.is_error() && self.problem_info {
                 let why = match reason {
                     ReasonCode::PayloadFormatInvalid => "payload is not valid UTF-8",
+                    ReasonCode::TopicNameInvalid => "too many topic levels",
                     _ => "not authorized to publish to this topic",
                 };
                 response.properties.reason_string = MqttStr::new(why).ok();
@@ -897,9 +944,31 @@ impl<S: Transport> Conn<S> {
         let now = Instant::now();
         for (filter, mut options) in s.filters {
             options.qos = options.qos.min(max_qos);
+            if too_many_levels(filter.match_filter(), self.shared.config.max_topic_levels) {
+                info!(
+                    client_id = &*self.client_id,
+                    max_topic_levels = self.shared.config.max_topic_levels,
+                    "subscription refused: too many topic levels"
+                );
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
             if !self.allowed(Action::Subscribe, filter.match_filter()) {
                 // 5.0: 0x87 Not authorized; 3.x: 0x80 Failure.
                 reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
+            let max_subs = self.shared.config.max_subscriptions_per_client;
+            if max_subs > 0
+                && self.state.subscriptions.len() >= max_subs
+                && !self.state.subscriptions.contains_key(&filter)
+            {
+                warn!(
+                    client_id = &*self.client_id,
+                    max_subscriptions_per_client = max_subs,
+                    "subscription refused: the session has the most subscriptions allowed"
+                );
+                reasons.push(ReasonCode::QuotaExceeded);
                 continue;
             }
             let (entry, shared, client_id) = (&self.entry, &self.shared, &self.client_id);

@@ -41,6 +41,7 @@ pub mod bench_support;
 pub mod broker;
 pub mod config;
 mod connection;
+mod limits;
 pub mod listener;
 pub mod message;
 pub mod metrics;

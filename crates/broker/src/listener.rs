@@ -51,6 +51,8 @@ pub(crate) struct Listener {
     pub info: ListenerInfo,
     use_identity_as_username: bool,
     check: Check,
+    /// This listener's own connection limit, if it has one.
+    limit: Option<(usize, Arc<Semaphore>)>,
 }
 
 impl Listener {
@@ -66,6 +68,7 @@ impl Listener {
             },
             use_identity_as_username: false,
             check: Check::Open,
+            limit: None,
         }
     }
 
@@ -156,6 +159,7 @@ pub(crate) struct Prepared {
     use_identity_as_username: bool,
     check: Check,
     pub tls: Option<Arc<TlsState>>,
+    max_connections: Option<usize>,
 }
 
 impl Prepared {
@@ -176,6 +180,9 @@ impl Prepared {
             },
             use_identity_as_username: self.use_identity_as_username,
             check: self.check,
+            limit: self
+                .max_connections
+                .map(|n| (n, Arc::new(Semaphore::new(n)))),
         }
     }
 }
@@ -198,6 +205,7 @@ pub(crate) fn prepare(
             allow_anonymous,
             password_file,
             use_identity_as_username,
+            max_connections,
         } = l;
         let check = match (&custom, password_file) {
             (Some(auth), _) => Check::Custom(auth.clone()),
@@ -226,6 +234,7 @@ pub(crate) fn prepare(
             use_identity_as_username,
             check,
             tls,
+            max_connections,
         });
     }
     Ok(prepared)
@@ -253,9 +262,26 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        if !shared.admit_connection() {
+            continue;
+        }
+        let Ok(global) = limit.clone().try_acquire_owned() else {
             warn!(%peer, max = shared.config.max_connections, "connection limit reached, refusing");
             continue;
+        };
+        let own = match &listener.limit {
+            None => None,
+            Some((max, own)) => match own.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    warn!(%peer, listener = %listener.info.name, max, "listener connection limit reached, refusing");
+                    continue;
+                }
+            },
+        };
+        let permit = Slot {
+            _global: global,
+            _listener: own,
         };
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "cannot set TCP_NODELAY");
@@ -285,6 +311,12 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// A connection's places under `max_connections`, given back when it closes.
+pub(crate) struct Slot {
+    _global: OwnedSemaphorePermit,
+    _listener: Option<OwnedSemaphorePermit>,
+}
+
 /// Runs the TLS handshake (bounded by the connect timeout), then serves the connection.
 async fn serve_tls(
     shared: Arc<Shared>,
@@ -292,7 +324,7 @@ async fn serve_tls(
     peer: SocketAddr,
     listener: Arc<Listener>,
     tls: &TlsState,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
 ) {
     let span = info_span!("tls", %peer, listener = %listener.info.name);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
