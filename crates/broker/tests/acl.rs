@@ -77,30 +77,16 @@ async fn refused_publishes_get_0x87_in_5_0_and_are_dropped_silently_in_3_1_1() {
     alice.subscribe("#", QoS::AtLeastOnce).await;
     // 5.0: bob may not publish to alice/x.
     let mut bob = connect_as(&b, V5, "b5", "bob").await;
-    bob.send(Packet::Publish(publish(
-        "alice/x",
-        "no",
-        QoS::AtLeastOnce,
-        false,
-        1,
-    )))
-    .await;
-    match bob.recv().await {
-        Packet::PubAck(a) => assert_eq!(a.reason, ReasonCode::NotAuthorized),
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
-    bob.send(Packet::Publish(publish(
-        "alice/x",
-        "no",
-        QoS::ExactlyOnce,
-        false,
-        2,
-    )))
-    .await;
-    match bob.recv().await {
-        Packet::PubRec(r) => assert_eq!(r.reason, ReasonCode::NotAuthorized),
-        other => panic!("expected PUBREC, got {other:?}"),
-    }
+    assert_eq!(
+        bob.publish_reason("alice/x", "no", QoS::AtLeastOnce, 1)
+            .await,
+        ReasonCode::NotAuthorized
+    );
+    assert_eq!(
+        bob.publish_reason("alice/x", "no", QoS::ExactlyOnce, 2)
+            .await,
+        ReasonCode::NotAuthorized
+    );
     // 3.1.1: acknowledged, not delivered.
     let mut bob3 = connect_as(&b, V3_1_1, "b3", "bob").await;
     bob3.publish("alice/y", "no", QoS::AtLeastOnce, false).await;
@@ -174,36 +160,22 @@ async fn client_id_rules_and_patterns_apply_to_whoever_connects() {
     gw.publish("telemetry/t", "1", QoS::AtLeastOnce, false)
         .await;
     let mut other = Peer::connect(addr(&b), V5, "gateway-2").await;
-    other
-        .send(Packet::Publish(publish(
-            "telemetry/t",
-            "2",
-            QoS::AtLeastOnce,
-            false,
-            1,
-        )))
-        .await;
-    match other.recv().await {
-        Packet::PubAck(a) => assert_eq!(a.reason, ReasonCode::NotAuthorized),
-        p => panic!("expected PUBACK, got {p:?}"),
-    }
+    assert_eq!(
+        other
+            .publish_reason("telemetry/t", "2", QoS::AtLeastOnce, 1)
+            .await,
+        ReasonCode::NotAuthorized
+    );
     // The pattern: each client owns devices/<its client id>/#.
     other
         .publish("devices/gateway-2/state", "on", QoS::AtLeastOnce, false)
         .await;
-    other
-        .send(Packet::Publish(publish(
-            "devices/gateway-1/state",
-            "x",
-            QoS::AtLeastOnce,
-            false,
-            2,
-        )))
-        .await;
-    match other.recv().await {
-        Packet::PubAck(a) => assert_eq!(a.reason, ReasonCode::NotAuthorized),
-        p => panic!("expected PUBACK, got {p:?}"),
-    }
+    assert_eq!(
+        other
+            .publish_reason("devices/gateway-1/state", "x", QoS::AtLeastOnce, 2)
+            .await,
+        ReasonCode::NotAuthorized
+    );
     for want in ["telemetry/t", "devices/gateway-2/state"] {
         let m = watcher.recv_publish().await;
         assert_eq!(m.topic.as_str(), want);
@@ -282,16 +254,9 @@ async fn a_custom_authorizer_replaces_the_acl_file() {
         .unwrap();
     let mut c = Peer::connect(addr(&b), V5, "me").await;
     c.publish("me/x", "mine", QoS::AtLeastOnce, false).await;
-    c.send(Packet::Publish(publish(
-        "you/x",
-        "yours",
-        QoS::AtLeastOnce,
-        false,
-        2,
-    )))
-    .await;
-    match c.recv().await {
-        Packet::PubAck(a) => assert_eq!(a.reason, ReasonCode::NotAuthorized),
-        p => panic!("expected PUBACK, got {p:?}"),
-    }
+    assert_eq!(
+        c.publish_reason("you/x", "yours", QoS::AtLeastOnce, 2)
+            .await,
+        ReasonCode::NotAuthorized
+    );
 }

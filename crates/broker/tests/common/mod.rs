@@ -232,6 +232,23 @@ impl Peer {
         }
     }
 
+    /// Sends a QoS 1/2 PUBLISH with packet id `id` and returns the reason code of the PUBACK
+    /// or PUBREC that answers it (a refused one ends the flow there).
+    pub async fn publish_reason(
+        &mut self,
+        t: &str,
+        payload: &str,
+        qos: QoS,
+        id: u16,
+    ) -> ReasonCode {
+        self.send(Packet::Publish(publish(t, payload, qos, false, id)))
+            .await;
+        match self.recv().await {
+            Packet::PubAck(a) | Packet::PubRec(a) if a.packet_id == pid(id) => a.reason,
+            other => panic!("expected PUBACK/PUBREC for {id}, got {other:?}"),
+        }
+    }
+
     /// Acknowledges a received PUBLISH as a well-behaved client (QoS 2: PUBREC, then expects
     /// PUBREL and answers PUBCOMP).
     pub async fn ack(&mut self, p: &Publish) {
