@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use common::*;
 use sagitta_broker::{Broker, BrokerError, Config};
 use sagitta_proto::{
-    Connect, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions, Will, WillProperties,
+    Connect, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions, Will, WillProperties,
 };
 
 use ProtocolVersion::{V3_1_1, V5};
