@@ -85,6 +85,31 @@ impl Authorizer for Acl {
     }
 }
 
+impl<T: Authorizer + ?Sized> Authorizer for std::sync::Arc<T> {
+    fn authorize(
+        &self,
+        action: Action,
+        topic: &str,
+        client_id: &str,
+        username: Option<&str>,
+    ) -> bool {
+        (**self).authorize(action, topic, client_id, username)
+    }
+}
+
+/// The `acl_file`, reloadable.
+impl Authorizer for crate::reload::FileBacked<Acl> {
+    fn authorize(
+        &self,
+        action: Action,
+        topic: &str,
+        client_id: &str,
+        username: Option<&str>,
+    ) -> bool {
+        self.get().allows(action, topic, client_id, username)
+    }
+}
+
 /// Why an ACL file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {

@@ -20,6 +20,8 @@ use crate::limits::TokenBucket;
 use crate::listener::{Listener, ListenerInfo, Prepared};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
+use crate::password::PasswordFile;
+use crate::reload::FileBacked;
 use crate::retain::RetainStore;
 use crate::router::{Router, Target};
 use crate::session::{Enqueued, SessionEntry, SessionState, Sessions};
@@ -331,11 +333,19 @@ impl BrokerBuilder {
         } else {
             self.config.validate()?;
         }
-        let prepared = crate::listener::prepare(&self.config, custom)?;
+        let (prepared, passwords) = crate::listener::prepare(&self.config, custom)?;
+        let mut files = AuthFiles {
+            passwords,
+            acl: None,
+        };
         let acl = match self.authorizer {
             Some(custom) => Some(custom),
             None => match &self.config.acl_file {
-                Some(path) => Some(Box::new(Acl::from_file(path)?) as Box<dyn Authorizer>),
+                Some(path) => {
+                    let file = Arc::new(FileBacked::new(path, Acl::from_file(path)?));
+                    files.acl = Some(file.clone());
+                    Some(Box::new(file) as Box<dyn Authorizer>)
+                }
                 None => None,
             },
         };
@@ -374,7 +384,9 @@ impl BrokerBuilder {
                 }
             }
         }
-        Ok(Broker::serve(shared, bound))
+        let mut broker = Broker::serve(shared, bound);
+        broker.files = Arc::new(files);
+        Ok(broker)
     }
 }
 
@@ -408,6 +420,7 @@ pub struct Broker {
     local_addrs: Vec<SocketAddr>,
     listeners: Vec<ListenerInfo>,
     tls: Arc<[Arc<TlsState>]>,
+    files: Arc<AuthFiles>,
 }
 
 /// A cheap handle that can stop the broker, or reload its TLS certificates, from anywhere.
@@ -415,9 +428,45 @@ pub struct Broker {
 pub struct BrokerHandle {
     shutdown: CancellationToken,
     tls: Arc<[Arc<TlsState>]>,
+    files: Arc<AuthFiles>,
+}
+
+/// The password files and the ACL file the broker reads again on request.
+#[derive(Default)]
+struct AuthFiles {
+    passwords: Vec<crate::listener::SharedPasswordFile>,
+    acl: Option<Arc<FileBacked<Acl>>>,
 }
 
 impl BrokerHandle {
+    /// Reads every password file and the ACL file again and uses them for the next checks
+    /// (connected clients stay connected; their next publish or subscribe is checked against
+    /// the new ACL). All or nothing: if any file cannot be used, all keep their current
+    /// contents and the error (naming the file and line) is returned. Returns the number of
+    /// files reloaded. `sagitta broker` calls this on SIGHUP.
+    pub fn reload_auth_files(&self) -> Result<usize, BrokerError> {
+        let passwords = self
+            .files
+            .passwords
+            .iter()
+            .map(|f| PasswordFile::load(f.path()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let acl = match &self.files.acl {
+            Some(f) => Some(Acl::from_file(f.path())?),
+            None => None,
+        };
+        let mut n = 0;
+        for (file, new) in self.files.passwords.iter().zip(passwords) {
+            file.replace(new);
+            n += 1;
+        }
+        if let (Some(file), Some(new)) = (&self.files.acl, acl) {
+            file.replace(new);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Starts a clean shutdown: listeners close, 5.0 clients get DISCONNECT 0x8B.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
@@ -478,6 +527,7 @@ impl Broker {
             local_addrs: Vec::new(),
             listeners: Vec::new(),
             tls: Arc::from(Vec::new()),
+            files: Arc::default(),
         };
         let limit = Arc::new(Semaphore::new(broker.shared.config.max_connections));
         broker.run_listener(listener, Arc::new(info), None, &limit);
@@ -489,7 +539,7 @@ impl Broker {
     /// every password file and TLS certificate, key and CA file.
     pub fn check_config(config: &Config) -> Result<(), BrokerError> {
         config.validate()?;
-        crate::listener::prepare(config, None)?;
+        let _ = crate::listener::prepare(config, None)?;
         if let Some(path) = &config.acl_file {
             Acl::from_file(path)?;
         }
@@ -541,6 +591,7 @@ impl Broker {
             local_addrs: Vec::new(),
             listeners: Vec::new(),
             tls: Arc::from(Vec::new()),
+            files: Arc::default(),
         };
         let limit = Arc::new(Semaphore::new(broker.shared.config.max_connections));
         let mut tls_states = Vec::new();
@@ -605,6 +656,7 @@ impl Broker {
         BrokerHandle {
             shutdown: self.shared.shutdown.clone(),
             tls: self.tls.clone(),
+            files: self.files.clone(),
         }
     }
 

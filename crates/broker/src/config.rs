@@ -277,7 +277,7 @@ pub struct Config {
     /// Seconds between `$SYS/broker/...` updates; 0 turns them off. Default 10.
     pub sys_interval: u64,
     /// Mosquitto-compatible password file (`username:$7$...` lines, made by `sagitta passwd`
-    /// or `mosquitto_passwd`), read when the broker starts. When set, clients must present
+    /// or `mosquitto_passwd`), read when the broker starts and on SIGHUP. When set, clients must present
     /// a username and its password. Ignored when the broker is given its own authenticator
     /// (`BrokerBuilder::authenticator`). Absent by default: no password check.
     pub password_file: Option<PathBuf>,
@@ -288,7 +288,8 @@ pub struct Config {
     pub allow_anonymous: Option<bool>,
     /// ACL file (Mosquitto's `acl_file` format, with `client` sections, `default` and the
     /// `subscribe` / `receive` / `publish` access words): who may publish, subscribe and
-    /// receive on which topics. Read at start. Absent by default: everything is allowed.
+    /// receive on which topics. Read at start and again by `BrokerHandle::reload_auth_files`
+    /// (SIGHUP). Absent by default: everything is allowed.
     pub acl_file: Option<PathBuf>,
     /// Keep retained messages and persistent sessions (subscriptions, queued and in-flight
     /// QoS 1/2 messages, inbound QoS 2 ids, delayed wills) in `data_dir` across restarts.

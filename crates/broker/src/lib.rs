@@ -46,6 +46,7 @@ pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod password;
+mod reload;
 mod retain;
 mod router;
 mod session;

@@ -19,6 +19,7 @@ use crate::auth::{Authenticator, ConnectInfo};
 use crate::broker::{BrokerError, Shared};
 use crate::config::{Config, EffectiveListener, ListenerKind};
 use crate::password::PasswordFile;
+use crate::reload::FileBacked;
 use crate::tls::{ClientCertificate, TlsState};
 
 /// What an [`Authenticator`] is told about the listener a client connected through.
@@ -40,8 +41,8 @@ pub struct ListenerInfo {
 enum Check {
     /// The broker's own authenticator decides (`BrokerBuilder::authenticator`).
     Custom(Arc<dyn Authenticator>),
-    /// Usernames and passwords from a password file.
-    PasswordFile(Arc<PasswordFile>),
+    /// Usernames and passwords from a password file (reloadable).
+    PasswordFile(SharedPasswordFile),
     /// No password check.
     Open,
 }
@@ -103,7 +104,7 @@ impl Listener {
             }
             // The certificate was verified during the TLS handshake.
             _ if self.use_identity_as_username => Ok(()),
-            Check::PasswordFile(file) => file.authenticate(info),
+            Check::PasswordFile(file) => file.get().authenticate(info),
             Check::Open => {
                 if self.info.allow_anonymous {
                     Ok(())
@@ -190,11 +191,15 @@ impl Prepared {
 /// Reads what every listener of `config` needs (password files, each once; TLS
 /// certificates, keys and CAs), without binding anything. `custom` replaces password files
 /// and `allow_anonymous`.
+/// A password file that listeners share and a reload replaces.
+pub(crate) type SharedPasswordFile = Arc<FileBacked<PasswordFile>>;
+
+/// Returns the listeners and the password files they use (each once, for reloading).
 pub(crate) fn prepare(
     config: &Config,
     custom: Option<Arc<dyn Authenticator>>,
-) -> Result<Vec<Prepared>, BrokerError> {
-    let mut password_files: HashMap<PathBuf, Arc<PasswordFile>> = HashMap::new();
+) -> Result<(Vec<Prepared>, Vec<SharedPasswordFile>), BrokerError> {
+    let mut password_files: HashMap<PathBuf, SharedPasswordFile> = HashMap::new();
     let mut prepared = Vec::new();
     for l in config.effective_listeners() {
         let EffectiveListener {
@@ -213,7 +218,7 @@ pub(crate) fn prepare(
                 let file = match password_files.get(&path) {
                     Some(file) => file.clone(),
                     None => {
-                        let file = Arc::new(PasswordFile::load(&path)?);
+                        let file = Arc::new(FileBacked::new(&path, PasswordFile::load(&path)?));
                         password_files.insert(path, file.clone());
                         file
                     }
@@ -237,7 +242,7 @@ pub(crate) fn prepare(
             max_connections,
         });
     }
-    Ok(prepared)
+    Ok((prepared, password_files.into_values().collect()))
 }
 
 /// Accepts connections until shutdown; each runs on its own task (TLS handshake included).

@@ -260,3 +260,43 @@ async fn a_custom_authorizer_replaces_the_acl_file() {
         ReasonCode::NotAuthorized
     );
 }
+
+#[tokio::test]
+async fn the_acl_file_is_reloaded_on_request_all_or_nothing() {
+    let path = acl_file("user u\ntopic write first/#\n");
+    let b = broker_with(Config {
+        acl_file: Some(path.clone()),
+        ..Config::default().in_memory()
+    })
+    .await;
+    let mut c = connect_as(&b, V5, "c", "u").await;
+    assert!(
+        c.publish_reason("first/x", "1", QoS::AtLeastOnce, 1)
+            .await
+            .is_success()
+    );
+    assert_eq!(
+        c.publish_reason("second/x", "1", QoS::AtLeastOnce, 2).await,
+        ReasonCode::NotAuthorized
+    );
+    std::fs::write(&path, "user u\ntopic write second/#\n").unwrap();
+    assert_eq!(b.handle().reload_auth_files().unwrap(), 1);
+    // The connected client's next publish is checked against the new file.
+    assert!(
+        c.publish_reason("second/x", "1", QoS::AtLeastOnce, 3)
+            .await
+            .is_success()
+    );
+    assert_eq!(
+        c.publish_reason("first/x", "1", QoS::AtLeastOnce, 4).await,
+        ReasonCode::NotAuthorized
+    );
+    // A bad file is refused and the current rules stay.
+    std::fs::write(&path, "user u\ntopic write bad/#/x\n").unwrap();
+    assert!(b.handle().reload_auth_files().is_err());
+    assert!(
+        c.publish_reason("second/y", "1", QoS::AtLeastOnce, 5)
+            .await
+            .is_success()
+    );
+}

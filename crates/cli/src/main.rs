@@ -42,8 +42,9 @@ enum Command {
   sagitta broker -c sagitta.toml --check-config   check the file and exit
   RUST_LOG=debug sagitta broker                   more logging
 
-Signals: SIGINT or SIGTERM shut down cleanly; SIGHUP reloads the TLS listeners'
-certificates, keys and client CAs (established connections keep going).
+Signals: SIGINT or SIGTERM shut down cleanly; SIGHUP reloads the password files, the ACL
+file and the TLS listeners' certificates, keys and client CAs (established connections keep
+going).
 
 Exit codes: 0 after a clean shutdown (Ctrl-C or SIGTERM), 1 if the broker cannot start
 (e.g. the address is in use, a certificate cannot be read), 2 for a bad configuration.")]
@@ -159,10 +160,18 @@ async fn run_broker(args: BrokerArgs) -> ExitCode {
         handle.shutdown();
     });
     let handle = broker.handle();
-    tokio::spawn(signal::on_hangup(move || match handle.reload_tls() {
-        Ok(n) => tracing::info!(listeners = n, "SIGHUP: TLS certificates reloaded"),
-        Err(e) => {
-            tracing::error!("SIGHUP: TLS reload failed, keeping the current certificates: {e}")
+    tokio::spawn(signal::on_hangup(move || {
+        match handle.reload_tls() {
+            Ok(n) => tracing::info!(listeners = n, "SIGHUP: TLS certificates reloaded"),
+            Err(e) => {
+                tracing::error!("SIGHUP: TLS reload failed, keeping the current certificates: {e}")
+            }
+        }
+        match handle.reload_auth_files() {
+            Ok(n) => tracing::info!(files = n, "SIGHUP: password and ACL files reloaded"),
+            Err(e) => tracing::error!(
+                "SIGHUP: password/ACL reload failed, keeping the current files: {e}"
+            ),
         }
     }));
     broker.wait().await;
