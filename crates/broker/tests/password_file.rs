@@ -314,3 +314,43 @@ fn our_line_works_in_mosquitto() {
     drop(_mosquitto);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn the_password_file_is_reloaded_on_request() {
+    let dir = temp_dir("reload");
+    let path = dir.join("passwd");
+    std::fs::write(&path, format!("{}\n", line("alice", "old"))).unwrap();
+    let broker = broker_with(Config {
+        password_file: Some(path.clone()),
+        failed_login_delay_ms: 0,
+        ..Config::default().in_memory()
+    })
+    .await;
+    let v = ProtocolVersion::V5;
+    assert_eq!(
+        connack(&broker, v, Some("alice"), Some("old")).await,
+        ReasonCode::Success
+    );
+    std::fs::write(
+        &path,
+        format!("{}\n{}\n", line("alice", "new"), line("bob", "b")),
+    )
+    .unwrap();
+    assert_eq!(broker.handle().reload_auth_files().unwrap(), 1);
+    assert_eq!(
+        connack(&broker, v, Some("alice"), Some("old")).await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    assert_eq!(
+        connack(&broker, v, Some("bob"), Some("b")).await,
+        ReasonCode::Success
+    );
+    // A bad line: refused, the current users stay.
+    std::fs::write(&path, "alice:not-a-hash\n").unwrap();
+    let e = broker.handle().reload_auth_files().unwrap_err();
+    assert!(e.to_string().contains("passwd"), "{e}");
+    assert_eq!(
+        connack(&broker, v, Some("alice"), Some("new")).await,
+        ReasonCode::Success
+    );
+}
