@@ -375,10 +375,6 @@ impl Sagitta {
 
     /// Starts our broker set up as `setup` says, on a free port.
     pub fn start_with(setup: &BrokerSetup) -> Self {
-        assert!(
-            setup.mosquitto_acl.is_none(),
-            "our broker has no ACLs yet: skip this scenario for it, saying so"
-        );
         init_tracing();
         let mut s = Self {
             port: 0,
@@ -414,6 +410,15 @@ impl Sagitta {
                 .setup
                 .max_packet_size
                 .unwrap_or(defaults.max_packet_size),
+            // The same ACL file as Mosquitto's: Sagitta reads that format.
+            acl_file: self.setup.mosquitto_acl.as_ref().map(|acl| {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let path = std::env::temp_dir()
+                    .join(format!("sagitta-client-acl-{}-{n}", std::process::id()));
+                std::fs::write(&path, acl).expect("write ACL file");
+                path
+            }),
             ..defaults
         };
         let user = self.setup.user.clone();
