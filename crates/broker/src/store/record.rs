@@ -586,6 +586,27 @@ mod tests {
         assert_eq!(decode_queued(1, &v).map(|d| d.inflight), Some(None));
     }
 
+    proptest::proptest! {
+        /// A damaged store is refused record by record, never read into a panic.
+        #[test]
+        fn any_bytes_decode_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = decode_message(&bytes);
+            let _ = decode_queued(1, &bytes);
+            if let Some(&b) = bytes.first() {
+                let _ = options_of(b);
+            }
+        }
+
+        /// A message value with any byte changed decodes to something or nothing, safely.
+        #[test]
+        fn mutated_messages_decode_without_panicking(at in 0usize..200, to in proptest::num::u8::ANY) {
+            let mut value = message_value(&message());
+            let i = at % value.len();
+            value[i] = to;
+            let _ = decode_message(&value);
+        }
+    }
+
     #[test]
     fn subscription_options_round_trip() {
         for byte in 0..=0b10_1110u8 {
