@@ -28,10 +28,11 @@
 //! delivery). A pattern whose `%u` or `%c` would be replaced by a value containing `/`, `+` or
 //! `#` does not apply, so that a crafted name cannot widen access.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use sagitta_proto::TopicFilter;
+
+use crate::message::FastMap;
 
 /// Something a client does that an ACL decides about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +107,7 @@ impl Authorizer for crate::reload::FileBacked<Acl> {
         client_id: &str,
         username: Option<&str>,
     ) -> bool {
-        self.get().allows(action, topic, client_id, username)
+        self.with(|acl| acl.allows(action, topic, client_id, username))
     }
 }
 
@@ -147,8 +148,8 @@ struct Rule {
 pub struct Acl {
     default_allow: bool,
     anonymous: Vec<Rule>,
-    users: HashMap<String, Vec<Rule>>,
-    clients: HashMap<String, Vec<Rule>>,
+    users: FastMap<String, Vec<Rule>>,
+    clients: FastMap<String, Vec<Rule>>,
     patterns: Vec<Rule>,
 }
 
@@ -234,28 +235,41 @@ impl Acl {
         client_id: &str,
         username: Option<&str>,
     ) -> bool {
+        let bit = action.bit();
         let fixed = match username {
             None => Some(&self.anonymous),
             Some(u) => self.users.get(u),
         };
-        let rules =
-            fixed
-                .into_iter()
-                .chain(self.clients.get(client_id))
-                .flatten()
-                .map(|r| (r, None))
-                .chain(self.patterns.iter().filter_map(|r| {
-                    substitute(&r.filter, client_id, username).map(|f| (r, Some(f)))
-                }));
         let mut granted = false;
-        for (rule, substituted) in rules {
-            if rule.actions & action.bit() == 0 {
+        for rule in fixed
+            .into_iter()
+            .chain(self.clients.get(client_id))
+            .flatten()
+        {
+            if rule.actions & bit == 0 {
                 continue;
             }
-            let filter = substituted.as_deref().unwrap_or(&rule.filter);
             let applies = match action {
-                Action::Subscribe => covers(filter, topic),
-                _ => sagitta_proto::topic::matches(filter, topic),
+                Action::Subscribe => covers(&rule.filter, topic),
+                _ => sagitta_proto::topic::matches(&rule.filter, topic),
+            };
+            if applies {
+                if rule.deny {
+                    return false;
+                }
+                granted = true;
+            }
+        }
+        for rule in &self.patterns {
+            if rule.actions & bit == 0 {
+                continue;
+            }
+            let applies = match action {
+                Action::Subscribe => {
+                    substitute(&rule.filter, client_id, username).is_some_and(|f| covers(&f, topic))
+                }
+                // The publish path: matched level by level, nothing allocated.
+                _ => pattern_matches(&rule.filter, topic, client_id, username),
             };
             if applies {
                 if rule.deny {
@@ -326,6 +340,68 @@ fn substitute(filter: &str, client_id: &str, username: Option<&str>) -> Option<S
     Some(out)
 }
 
+/// [`sagitta_proto::topic::matches`] for a pattern's filter, with `%c` / `%u` standing for
+/// the client id and username (a pattern with `%u` does not apply without a username, nor
+/// one whose value contains `/`, `+` or `#`).
+fn pattern_matches(filter: &str, topic: &str, client_id: &str, username: Option<&str>) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(fl), Some(tl)) if fl.contains('%') => {
+                if !level_matches(fl, tl, client_id, username) {
+                    return false;
+                }
+            }
+            (Some(fl), Some(tl)) if fl == tl => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether a pattern level (with `%c` / `%u`) expands to `level`.
+fn level_matches(pattern: &str, level: &str, client_id: &str, username: Option<&str>) -> bool {
+    let usable = |v: &str| !v.contains(['/', '+', '#']);
+    let mut p = pattern;
+    let mut rest = level;
+    while !p.is_empty() {
+        let value = if let Some(after) = p.strip_prefix("%c") {
+            p = after;
+            Some(client_id)
+        } else if let Some(after) = p.strip_prefix("%u") {
+            p = after;
+            match username {
+                Some(u) => Some(u),
+                None => return false,
+            }
+        } else {
+            None
+        };
+        match value {
+            Some(v) => match rest.strip_prefix(v) {
+                Some(r) if usable(v) => rest = r,
+                _ => return false,
+            },
+            None => {
+                let mut chars = p.chars();
+                let Some(c) = chars.next() else { break };
+                p = chars.as_str();
+                match rest.strip_prefix(c) {
+                    Some(r) => rest = r,
+                    None => return false,
+                }
+            }
+        }
+    }
+    rest.is_empty()
+}
+
 /// True if every topic that filter `inner` matches is matched by filter `outer`.
 fn covers(outer: &str, inner: &str) -> bool {
     if inner.starts_with('$') && outer.starts_with(['+', '#']) {
@@ -389,6 +465,31 @@ mod tests {
             !a.allows(Publish, "devices/bob/x", "c9", None),
             "%u needs a username"
         );
+    }
+
+    #[test]
+    fn patterns_match_level_by_level_like_their_expansion() {
+        for (filter, topic, c, u, want) in [
+            ("d/%c/x", "d/gw/x", "gw", None, true),
+            ("d/%c/x", "d/gw2/x", "gw", None, false),
+            ("d/pre-%c-%u/#", "d/pre-gw-bob/a/b", "gw", Some("bob"), true),
+            ("d/pre-%c-%u/#", "d/pre-gw-bob", "gw", Some("bob"), true),
+            ("d/%u/+", "d/bob/x", "gw", None, false),
+            ("d/%c", "d/a", "a/b", None, false),
+            ("+/%c", "$SYS/a", "a", None, false),
+        ] {
+            assert_eq!(
+                pattern_matches(filter, topic, c, u),
+                want,
+                "{filter} {topic}"
+            );
+            let expanded = substitute(filter, c, u);
+            assert_eq!(
+                expanded.is_some_and(|f| sagitta_proto::topic::matches(&f, topic)),
+                want,
+                "{filter} {topic}: same as the expansion"
+            );
+        }
     }
 
     #[test]

@@ -143,12 +143,7 @@ impl Shared {
     /// Whether the ACL lets `session` receive messages on `topic`.
     pub fn may_receive(&self, session: &SessionEntry, topic: &str) -> bool {
         self.acl.as_ref().is_none_or(|acl| {
-            acl.authorize(
-                Action::Receive,
-                topic,
-                &session.client_id,
-                session.username().as_deref(),
-            )
+            session.with_username(|u| acl.authorize(Action::Receive, topic, &session.client_id, u))
         })
     }
 

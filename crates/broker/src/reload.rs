@@ -32,6 +32,11 @@ impl<T> FileBacked<T> {
             .clone()
     }
 
+    /// Runs `f` on the current contents (without cloning the `Arc`: the publish path).
+    pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Installs new contents.
     pub fn replace(&self, value: T) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);

@@ -119,12 +119,13 @@ impl SessionEntry {
         self.persistent.store(persistent, Ordering::Release);
     }
 
-    /// The username of the session's (last) client.
-    pub fn username(&self) -> Option<Arc<str>> {
-        self.username
+    /// Runs `f` with the username of the session's (last) client.
+    pub fn with_username<R>(&self, f: impl FnOnce(Option<&str>) -> R) -> R {
+        f(self
+            .username
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .as_deref())
     }
 
     pub fn set_username(&self, username: Option<Arc<str>>) {
