@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use rustls::RootCertStore;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 /// Why a TLS listener's files cannot be used. Every variant names the file.
@@ -62,6 +62,9 @@ pub struct TlsFiles {
     /// With `client_ca`: whether a client must present a certificate (`false`: one is
     /// verified if presented).
     pub require_client_cert: bool,
+    /// With `client_ca`: PEM certificate revocation lists; a revoked client certificate
+    /// fails the handshake.
+    pub crl: Option<PathBuf>,
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -94,6 +97,23 @@ fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
         ));
     }
     Ok(certs)
+}
+
+/// Every certificate revocation list of a PEM file (at least one).
+fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let what = "CRL";
+    let pem = read(what, path)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(what, path, format!("invalid PEM: {e}")))?;
+    if crls.is_empty() {
+        return Err(pem_error(
+            what,
+            path,
+            "no `-----BEGIN X509 CRL-----` section found",
+        ));
+    }
+    Ok(crls)
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
@@ -135,6 +155,9 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
             }
             let mut verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if let Some(crl_path) = &files.crl {
+                verifier = verifier.with_crls(load_crls(crl_path)?);
+            }
             if !files.require_client_cert {
                 verifier = verifier.allow_unauthenticated();
             }

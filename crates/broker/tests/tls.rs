@@ -228,6 +228,60 @@ async fn mtls_refuses_missing_foreign_and_expired_certificates() {
 }
 
 #[tokio::test]
+async fn a_revoked_client_certificate_is_refused_when_a_crl_is_configured() {
+    let pki = Pki::new("crl");
+    let (cert, key) = pki.ca.client_with_serial("revoked-device", 4242);
+    std::fs::write(pki.path("revoked.pem"), cert).unwrap();
+    std::fs::write(pki.path("revoked.key"), key).unwrap();
+    std::fs::write(pki.path("crl.pem"), pki.ca.crl(&[4242])).unwrap();
+    let broker = start(vec![
+        tls_listener(&pki)
+            .client_ca(pki.path("ca.pem"))
+            .crl_file(pki.path("crl.pem"))
+            .allow_anonymous(true),
+    ])
+    .await;
+    let addr = addr_of(&broker, ListenerKind::Tls);
+    let v = ProtocolVersion::V5;
+    let ok = tls_connack(
+        addr,
+        pki.client_config("ca.pem", Some("client")),
+        connect_packet(v, "good"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok, ReasonCode::Success);
+    let refused = tls_connack(
+        addr,
+        pki.client_config("ca.pem", Some("revoked")),
+        connect_packet(v, "bad"),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a revoked certificate got in: {refused:?}"
+    );
+    // Without the CRL the same certificate is fine: the CRL is what refused it.
+    broker.shutdown().await;
+    let broker = start(vec![
+        tls_listener(&pki)
+            .client_ca(pki.path("ca.pem"))
+            .allow_anonymous(true),
+    ])
+    .await;
+    let addr = addr_of(&broker, ListenerKind::Tls);
+    let ack = tls_connack(
+        addr,
+        pki.client_config("ca.pem", Some("revoked")),
+        connect_packet(v, "bad"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ack, ReasonCode::Success);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn optional_client_certificate_is_verified_when_presented() {
     let pki = Pki::new("optional");
     let broker = start(vec![
