@@ -344,25 +344,13 @@ fn substitute(filter: &str, client_id: &str, username: Option<&str>) -> Option<S
 /// the client id and username (a pattern with `%u` does not apply without a username, nor
 /// one whose value contains `/`, `+` or `#`).
 fn pattern_matches(filter: &str, topic: &str, client_id: &str, username: Option<&str>) -> bool {
-    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(fl), Some(tl)) if fl.contains('%') => {
-                if !level_matches(fl, tl, client_id, username) {
-                    return false;
-                }
-            }
-            (Some(fl), Some(tl)) if fl == tl => {}
-            (None, None) => return true,
-            _ => return false,
+    sagitta_proto::topic::matches_with(filter, topic, |fl, tl| {
+        if fl.contains('%') {
+            level_matches(fl, tl, client_id, username)
+        } else {
+            fl == tl
         }
-    }
+    })
 }
 
 /// Whether a pattern level (with `%c` / `%u`) expands to `level`.

@@ -25,7 +25,7 @@ use crate::reload::FileBacked;
 use crate::retain::RetainStore;
 use crate::router::{Router, Target};
 use crate::session::{Enqueued, SessionEntry, SessionState, Sessions};
-use crate::store::Store;
+use crate::store::{Group, Store};
 use crate::tls::{TlsError, TlsState};
 
 /// Why the broker cannot start.
@@ -109,13 +109,16 @@ impl Shared {
     pub fn publish(&self, msg: Arc<Message>, targets: &mut Vec<Target>) -> Routed {
         targets.clear();
         let mut routed = Routed::default();
+        let mut hold = BodyHold::default();
         self.router
             .route(&msg.topic, msg.origin.as_deref(), targets, || {
                 if msg.retain && self.config.retain_available {
+                    if let Some(store) = &self.store {
+                        hold.group.get_or_insert_with(|| store.group());
+                    }
                     routed.stored |= self.retained.set(msg.clone(), self.store.as_ref());
                 }
             });
-        let mut hold = BodyHold::default();
         for t in targets.drain(..) {
             if !self.may_receive(&t.session, &msg.topic) {
                 continue;
@@ -136,7 +139,7 @@ impl Shared {
             }
         }
         routed.stored |= hold.stored;
-        self.let_go(&msg, hold);
+        routed.group = self.let_go(&msg, hold);
         routed
     }
 
@@ -161,6 +164,9 @@ impl Shared {
             .as_ref()
             .filter(|_| delivery.qos != QoS::AtMostOnce && session.is_persistent());
         if let Some(store) = store {
+            // Opened before this publish's first write, so that all of them share one
+            // transaction; publishes that write nothing never touch the store.
+            hold.group.get_or_insert_with(|| store.group());
             // The body is written with the first stored message that points at it; the
             // publisher holds a reference on it meanwhile.
             if !hold.held {
@@ -184,13 +190,16 @@ impl Shared {
         queued
     }
 
-    /// Drops the publisher's reference on `msg`'s body after [`Shared::offer`].
-    pub fn let_go(&self, msg: &Message, hold: BodyHold) {
+    /// Drops the publisher's reference on `msg`'s body after [`Shared::offer`], and returns
+    /// the store group of the publish (if it wrote anything): the caller keeps it open
+    /// while it writes what belongs with the publish (a QoS 2 packet id).
+    pub fn let_go(&self, msg: &Message, hold: BodyHold) -> Option<Group> {
         if let (true, true, Some(store)) = (hold.held, hold.stored, &self.store)
             && let Some(op) = store.release_body(msg)
         {
             store.submit(op);
         }
+        hold.group
     }
 
     /// Ends a session's state: its subscriptions leave the router, its queue and in-flight
@@ -284,6 +293,8 @@ pub(crate) struct BodyHold {
     body: Option<crate::store::Op>,
     /// Whether a message was written to the store.
     stored: bool,
+    /// Open from the publish's first write to the store.
+    group: Option<Group>,
 }
 
 /// What routing a message did.
@@ -293,6 +304,8 @@ pub(crate) struct Routed {
     pub queued: usize,
     /// Whether it was written to the store (for a persistent session, or retained).
     pub stored: bool,
+    /// The store group of its writes, if any.
+    pub group: Option<Group>,
 }
 
 /// Builds a broker with non-default parts.

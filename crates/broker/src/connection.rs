@@ -847,11 +847,6 @@ impl<S: Transport> Conn<S> {
             reason = ReasonCode::NotAuthorized;
         }
         let mut deliver = reason == ReasonCode::Success;
-        // Everything this publish writes to the store reaches the disk together.
-        let _group = match &self.shared.store {
-            Some(store) if p.qos != QoS::AtMostOnce => Some(store.group()),
-            _ => None,
-        };
         let mut new_qos2 = None;
         if p.qos == QoS::ExactlyOnce
             && let Some(id) = p.packet_id
@@ -876,6 +871,9 @@ impl<S: Transport> Conn<S> {
         }
         let mut matched = 0;
         let mut stored = false;
+        // Open while this publish writes to the store, so that it all reaches the disk
+        // together (the QoS 2 id below included).
+        let mut _group = None;
         if deliver {
             let mut properties = p.properties;
             properties.topic_alias = None;
@@ -894,6 +892,7 @@ impl<S: Transport> Conn<S> {
             TARGETS.set(targets);
             matched = routed.queued;
             stored = routed.stored;
+            _group = routed.group;
         }
         if let (Some(id), true) = (new_qos2, deliver)
             && let Some(store) = self.stored_session()
@@ -1001,7 +1000,8 @@ impl<S: Transport> Conn<S> {
                         };
                         let mut hold = BodyHold::default();
                         shared.offer(entry, d, &mut hold);
-                        shared.let_go(&msg, hold);
+                        // The group (if any) closes here: one retained message's writes.
+                        drop(shared.let_go(&msg, hold));
                     }
                 });
             reasons.push(match options.qos {
@@ -1378,7 +1378,7 @@ impl<S: Transport> Conn<S> {
     fn send_ack(&mut self, packet: Packet, ticket: u64) {
         match (&mut self.gate, &self.shared.store) {
             (Some(gate), _) if !gate.held.is_empty() => gate.held.push_back((ticket, packet)),
-            (_, Some(store)) if ticket > *store.durable().borrow() => {
+            (_, Some(store)) if ticket > 0 && ticket > store.durable_ticket() => {
                 let gate = self.gate.get_or_insert_with(|| {
                     Box::new(AckGate {
                         held: std::collections::VecDeque::new(),

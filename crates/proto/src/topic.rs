@@ -206,6 +206,12 @@ fn check_filter(s: &str) -> Result<(), TopicError> {
 /// Both are assumed valid (see [`TopicName`] and [`TopicFilter`]). A filter starting with a
 /// wildcard does not match a topic starting with `$` [MQTT-4.7.2-1].
 pub fn matches(filter: &str, topic: &str) -> bool {
+    matches_with(filter, topic, |f, t| f == t)
+}
+
+/// [`matches`] with `level_matches(filter_level, topic_level)` deciding for the filter's
+/// levels that are not wildcards (e.g. levels with placeholders to expand).
+pub fn matches_with(filter: &str, topic: &str, level_matches: impl Fn(&str, &str) -> bool) -> bool {
     if topic.starts_with('$') && filter.starts_with(['+', '#']) {
         return false;
     }
@@ -215,7 +221,7 @@ pub fn matches(filter: &str, topic: &str) -> bool {
         match (f.next(), t.next()) {
             (Some("#"), _) => return true,
             (Some("+"), Some(_)) => {}
-            (Some(fl), Some(tl)) if fl == tl => {}
+            (Some(fl), Some(tl)) if level_matches(fl, tl) => {}
             (None, None) => return true,
             _ => return false,
         }

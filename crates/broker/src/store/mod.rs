@@ -213,6 +213,12 @@ pub(crate) struct Group {
     id: u64,
 }
 
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group").field("id", &self.id).finish()
+    }
+}
+
 impl Drop for Group {
     fn drop(&mut self) {
         let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -399,6 +405,11 @@ impl Store {
     /// The sync mode.
     pub fn mode(&self) -> SyncMode {
         self.inner.mode
+    }
+
+    /// The highest durable ticket now.
+    pub fn durable_ticket(&self) -> u64 {
+        *self.inner.durable.borrow()
     }
 
     /// Watches the highest durable ticket.
