@@ -41,6 +41,8 @@ const READ_MAX: usize = 64 * 1024;
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Messages taken from the mailbox per lock.
 const BATCH: usize = 64;
+/// How long a client whose QoS 0 writes find the store's queue full is not read from.
+const STORE_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Why a connection ends.
 #[derive(Debug)]
@@ -613,7 +615,7 @@ impl<S: Transport> Conn<S> {
                 biased;
                 _ = self.shared.shutdown.cancelled() => return Close::Shutdown,
                 _ = self.kick.kicked() => return self.taken_over().await,
-                r = self.io.read(), if self.paused_until.is_none() => match r {
+                r = self.io.read(), if self.paused_until.is_none() && !self.acks_piled_up() => match r {
                     Ok(0) => return Close::Network,
                     Err(e) => {
                         debug!(error = %e, "read failed");
@@ -901,6 +903,14 @@ impl<S: Transport> Conn<S> {
         }
         if v5 && reason == ReasonCode::Success && deliver && matched == 0 {
             reason = ReasonCode::NoMatchingSubscribers;
+        }
+        if stored
+            && p.qos == QoS::AtMostOnce
+            && self.shared.store.as_ref().is_some_and(Store::backlogged)
+        {
+            // A QoS 0 retained message waits for no acknowledgement: slow the client down
+            // instead, so that it cannot grow the store's queue without bound.
+            self.paused_until = Some(Instant::now() + STORE_BACKOFF);
         }
         if let Some(id) = p.packet_id {
             // With sync = "always", what this publish wrote (and any QoS 2 id recorded above)
@@ -1389,6 +1399,14 @@ impl<S: Transport> Conn<S> {
             }
             _ => self.send(packet),
         }
+    }
+
+    /// True when as many acknowledgements wait for the store as the client may have
+    /// publishes in flight: reading more would only pile up more (back-pressure).
+    fn acks_piled_up(&self) -> bool {
+        self.gate
+            .as_ref()
+            .is_some_and(|g| g.held.len() >= usize::from(self.shared.config.receive_maximum))
     }
 
     /// Forgets `id` if it was restored from the store awaiting PUBREL; true if it was.
