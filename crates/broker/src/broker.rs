@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::acl::{Acl, Action, Authorizer};
-use crate::auth::Authenticator;
+use crate::auth::{AuthMethod, Authenticator};
 use crate::config::{Config, ConfigError, ListenerKind};
 use crate::limits::TokenBucket;
 use crate::listener::{Listener, ListenerInfo, Prepared};
@@ -315,6 +315,8 @@ pub struct BrokerBuilder {
     auth: Option<Box<dyn Authenticator>>,
     /// `None`: decided by the configuration (`acl_file`, or allow all).
     authorizer: Option<Box<dyn Authorizer>>,
+    /// Enhanced-authentication methods for every listener.
+    methods: Vec<Arc<dyn AuthMethod>>,
 }
 
 impl BrokerBuilder {
@@ -322,6 +324,14 @@ impl BrokerBuilder {
     /// `allow_anonymous` from the configuration).
     pub fn authenticator(mut self, auth: impl Authenticator) -> Self {
         self.auth = Some(Box::new(auth));
+        self
+    }
+
+    /// Offers `method` for MQTT 5.0 enhanced authentication on every listener (a CONNECT
+    /// naming it is decided by it alone). A method named `SCRAM-SHA-256` replaces the
+    /// built-in one of listeners with a password file.
+    pub fn auth_method(mut self, method: impl AuthMethod) -> Self {
+        self.methods.push(Arc::new(method));
         self
     }
 
@@ -341,7 +351,7 @@ impl BrokerBuilder {
         } else {
             self.config.validate()?;
         }
-        let (prepared, passwords) = crate::listener::prepare(&self.config, custom)?;
+        let (prepared, passwords) = crate::listener::prepare(&self.config, custom, &self.methods)?;
         let mut files = AuthFiles {
             passwords,
             acl: None,
@@ -547,7 +557,7 @@ impl Broker {
     /// every password file and TLS certificate, key and CA file.
     pub fn check_config(config: &Config) -> Result<(), BrokerError> {
         config.validate()?;
-        let _ = crate::listener::prepare(config, None)?;
+        let _ = crate::listener::prepare(config, None, &[])?;
         if let Some(path) = &config.acl_file {
             Acl::from_file(path)?;
         }
@@ -564,6 +574,7 @@ impl Broker {
         BrokerBuilder {
             config,
             auth: None,
+            methods: Vec::new(),
             authorizer: None,
         }
     }

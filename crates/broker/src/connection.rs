@@ -13,7 +13,7 @@ use sagitta_proto::session::{
     server_keep_alive_deadline,
 };
 use sagitta_proto::{
-    ConnAck, Connect, DecodeError, Disconnect, MqttStr, Packet, ProtocolVersion, PubResponse,
+    Auth, ConnAck, Connect, DecodeError, Disconnect, MqttStr, Packet, ProtocolVersion, PubResponse,
     Publish, PublishProperties, PublishRef, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     TopicName, UnsubAck, Unsubscribe, Will, decode,
 };
@@ -23,7 +23,7 @@ use tokio::time::Sleep;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::acl::Action;
-use crate::auth::ConnectInfo;
+use crate::auth::{AuthExchange, AuthMethod, AuthStep, ConnectInfo};
 use crate::broker::{BodyHold, Shared};
 use crate::limits::PublishLimit;
 use crate::listener::{ConnContext, Slot};
@@ -51,6 +51,8 @@ enum Close {
     ClientDisconnect { will: bool },
     /// A protocol violation: 5.0 clients get DISCONNECT with this reason; the will is sent.
     Protocol(ReasonCode, String),
+    /// Re-authentication failed: 5.0 DISCONNECT with this reason; the will is sent.
+    Refused(ReasonCode),
     /// The socket closed or failed without DISCONNECT; the will is sent.
     Network,
     /// Nothing received for 1.5 x keep-alive; the will is sent.
@@ -227,19 +229,34 @@ impl<S: Transport> Io<S> {
 /// Reads the first packet, which must be CONNECT, within the connect timeout.
 async fn read_connect<S: Transport>(shared: &Shared, io: &mut Io<S>) -> Option<Box<Connect>> {
     let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
+    match read_packet(shared, io, ProtocolVersion::V5, deadline).await? {
+        Ok(Packet::Connect(c)) => Some(c),
+        Ok(other) => {
+            debug!(packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
+            None
+        }
+        Err(e) => {
+            refuse_malformed_connect(io, &e).await;
+            None
+        }
+    }
+}
+
+/// Reads one packet before the connection runs (CONNECT, then AUTH during enhanced
+/// authentication): `None` if the peer closed, the deadline passed or the broker is shutting
+/// down.
+async fn read_packet<S: Transport>(
+    shared: &Shared,
+    io: &mut Io<S>,
+    version: ProtocolVersion,
+    deadline: tokio::time::Instant,
+) -> Option<Result<Packet, DecodeError>> {
     let max = shared.config.max_packet_size as usize;
     loop {
-        match decode(&mut io.rbuf, ProtocolVersion::V5, max) {
-            Ok(Some(Packet::Connect(c))) => return Some(c),
-            Ok(Some(other)) => {
-                debug!(packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
-                return None;
-            }
+        match decode(&mut io.rbuf, version, max) {
+            Ok(Some(packet)) => return Some(Ok(packet)),
             Ok(None) => {}
-            Err(e) => {
-                refuse_malformed_connect(io, &e).await;
-                return None;
-            }
+            Err(e) => return Some(Err(e)),
         }
         let read = tokio::select! {
             r = tokio::time::timeout_at(deadline, io.read()) => r,
@@ -249,11 +266,78 @@ async fn read_connect<S: Transport>(shared: &Shared, io: &mut Io<S>) -> Option<B
             Ok(Ok(0)) | Ok(Err(_)) => return None,
             Ok(Ok(_)) => {}
             Err(_) => {
-                debug!("no CONNECT within the connect timeout");
+                debug!("connect timeout: the handshake did not finish in time");
                 return None;
             }
         }
     }
+}
+
+/// How an enhanced-authentication exchange during CONNECT ended, if not with success.
+enum AuthEnd {
+    /// Refuse with this reason code in CONNACK.
+    Refuse(ReasonCode),
+    /// The peer went away, broke the protocol beyond an answer, or took too long.
+    Gone,
+}
+
+/// Runs an enhanced-authentication exchange [MQTT-4.12.0]: AUTH 0x18 packets both ways
+/// until the method decides. Returns the authenticated username and the data for CONNACK.
+async fn enhanced_auth<S: Transport>(
+    shared: &Shared,
+    io: &mut Io<S>,
+    exchange: &mut dyn AuthExchange,
+    method: &MqttStr,
+    first: Option<&[u8]>,
+) -> Result<(String, Option<Vec<u8>>), AuthEnd> {
+    let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
+    let mut step = exchange.step(first);
+    loop {
+        let data = match step {
+            AuthStep::Success { username, data } => return Ok((username, data)),
+            AuthStep::Failure(reason) => return Err(AuthEnd::Refuse(reason)),
+            AuthStep::Continue(data) => data,
+        };
+        io.send(
+            &Packet::Auth(auth_packet(
+                ReasonCode::ContinueAuthentication,
+                method,
+                Some(data),
+            )),
+            ProtocolVersion::V5,
+        );
+        if io.flush().await.is_err() {
+            return Err(AuthEnd::Gone);
+        }
+        match read_packet(shared, io, ProtocolVersion::V5, deadline).await {
+            None | Some(Ok(Packet::Disconnect(_))) => return Err(AuthEnd::Gone),
+            Some(Ok(Packet::Auth(a)))
+                if a.reason == ReasonCode::ContinueAuthentication
+                    && a.properties.authentication_method.as_ref() == Some(method) =>
+            {
+                step = exchange.step(a.properties.authentication_data.as_deref());
+            }
+            Some(Ok(other)) => {
+                debug!(packet = %other.packet_type(), "expected AUTH 0x18 with the CONNECT's method [MQTT-4.12.0-4]");
+                return Err(AuthEnd::Refuse(ReasonCode::ProtocolError));
+            }
+            Some(Err(e)) => {
+                debug!(error = %e, "bad packet during authentication");
+                return Err(AuthEnd::Refuse(e.reason_code()));
+            }
+        }
+    }
+}
+
+/// An AUTH packet of `method`.
+fn auth_packet(reason: ReasonCode, method: &MqttStr, data: Option<Vec<u8>>) -> Auth {
+    let mut auth = Auth {
+        reason,
+        ..Auth::default()
+    };
+    auth.properties.authentication_method = Some(method.clone());
+    auth.properties.authentication_data = data.map(Into::into);
+    auth
 }
 
 /// Answers a CONNECT that could not be decoded: an unsupported protocol level gets CONNACK
@@ -323,12 +407,6 @@ where
     };
     tracing::Span::current().record("client_id", &*client_id);
 
-    // Enhanced authentication: no method is supported yet.
-    if v5 && connect.properties.authentication_method.is_some() {
-        refuse(&mut io, ReasonCode::BadAuthenticationMethod);
-        let _ = io.flush().await;
-        return None;
-    }
     let info = ConnectInfo {
         client_id: &client_id,
         username: connect.username.as_deref(),
@@ -338,25 +416,60 @@ where
         listener: ctx.listener(),
         certificate: ctx.certificate(),
     };
-    if let Err(reason) = ctx.authenticate(&info) {
-        info!(%peer, client_id = &*client_id, username = info.username, reason = %reason, "connection refused");
-        if matches!(
-            reason,
-            ReasonCode::BadUserNameOrPassword | ReasonCode::NotAuthorized
-        ) {
-            // Slow down password guessing; only this connection waits.
-            tokio::select! {
-                _ = tokio::time::sleep(shared.config.failed_login_delay()) => {}
-                _ = shared.shutdown.cancelled() => return None,
+    // Enhanced authentication (5.0): the named method decides alone [MQTT-4.12.0].
+    let method = match connect.properties.authentication_method.as_ref() {
+        Some(name) if v5 => match ctx.auth_method(name) {
+            Some(method) => Some((name.clone(), method.clone())),
+            None => {
+                info!(%peer, client_id = &*client_id, method = %name, "connection refused: authentication method not offered here");
+                refuse(&mut io, ReasonCode::BadAuthenticationMethod);
+                let _ = io.flush().await;
+                return None;
+            }
+        },
+        _ => None,
+    };
+    let verdict = match &method {
+        Some((name, method)) => {
+            let mut exchange = method.start(&info);
+            let first = connect.properties.authentication_data.as_deref();
+            match enhanced_auth(&shared, &mut io, &mut *exchange, name, first).await {
+                Ok((user, data)) => Ok(Some((user, data))),
+                Err(AuthEnd::Refuse(reason)) => Err(reason),
+                Err(AuthEnd::Gone) => return None,
             }
         }
-        refuse(&mut io, reason);
-        let _ = io.flush().await;
-        return None;
-    }
-    // The name the client is known by from now on (its certificate's identity on a
-    // listener with `use_identity_as_username`).
-    let username: Option<Arc<str>> = ctx.username(connect.username.as_deref()).map(Arc::from);
+        None => ctx.authenticate(&info).map(|()| None),
+    };
+    let authenticated = match verdict {
+        Ok(authenticated) => authenticated,
+        Err(reason) => {
+            info!(%peer, client_id = &*client_id, username = info.username, reason = %reason, "connection refused");
+            if matches!(
+                reason,
+                ReasonCode::BadUserNameOrPassword | ReasonCode::NotAuthorized
+            ) {
+                // Slow down password guessing; only this connection waits.
+                tokio::select! {
+                    _ = tokio::time::sleep(shared.config.failed_login_delay()) => {}
+                    _ = shared.shutdown.cancelled() => return None,
+                }
+            }
+            refuse(&mut io, reason);
+            let _ = io.flush().await;
+            return None;
+        }
+    };
+    // The name the client is known by from now on: the one an authentication method
+    // vouched for, else its certificate's identity on a listener with
+    // `use_identity_as_username`, else the CONNECT's.
+    let (username, auth_data): (Option<Arc<str>>, _) = match authenticated {
+        Some((user, data)) => (Some(Arc::from(user)), data),
+        None => (
+            ctx.username(connect.username.as_deref()).map(Arc::from),
+            None,
+        ),
+    };
     if let Some(will) = &connect.will {
         if let Some(acl) = &shared.acl
             && !acl.authorize(
@@ -471,6 +584,11 @@ where
         if keep_alive != connect.keep_alive {
             p.server_keep_alive = Some(keep_alive);
         }
+        if let Some((name, _)) = &method {
+            // A successful CONNACK names the CONNECT's method [MQTT-4.12.0-5].
+            p.authentication_method = Some(name.clone());
+            p.authentication_data = auth_data.map(Into::into);
+        }
     }
     io.send(&Packet::ConnAck(ack), version);
     entry.set_connected(true);
@@ -490,6 +608,15 @@ where
         .request_problem_information
         .unwrap_or(true);
     let Connect { will, .. } = *connect;
+    let reauth = method.map(|(name, method)| {
+        Box::new(Reauth {
+            name,
+            method,
+            ctx,
+            peer,
+            exchange: None,
+        })
+    });
     let mut conn = Conn {
         shared: shared.clone(),
         io,
@@ -524,9 +651,21 @@ where
         paused_until: None,
         gate: None,
         out_ticket: 0,
+        reauth,
     };
     conn.resend_inflight();
     Some(conn)
+}
+
+/// What a connection that logged in with an enhanced-authentication method keeps in order
+/// to re-authenticate (5.0 AUTH 0x19, [MQTT-4.12.1]).
+struct Reauth {
+    name: MqttStr,
+    method: Arc<dyn AuthMethod>,
+    ctx: ConnContext,
+    peer: SocketAddr,
+    /// The re-authentication under way, if any.
+    exchange: Option<Box<dyn AuthExchange>>,
 }
 
 struct Conn<S> {
@@ -565,6 +704,8 @@ struct Conn<S> {
     /// With `sync = "always"`: the store ticket that must be durable before the output buffer
     /// goes out, because it holds QoS 1/2 messages whose packet ids are being stored (0: none).
     out_ticket: u64,
+    /// The enhanced authentication the client connected with, for re-authentication.
+    reauth: Option<Box<Reauth>>,
 }
 
 /// Acknowledgements of QoS 1/2 publishes held until the store has made them durable, in the
@@ -754,12 +895,7 @@ impl<S: Transport> Conn<S> {
                     "second CONNECT [MQTT-3.1.0-2]".into(),
                 ));
             }
-            Packet::Auth(_) => {
-                return Some(Close::Protocol(
-                    ReasonCode::ProtocolError,
-                    "AUTH without an authentication method".into(),
-                ));
-            }
+            Packet::Auth(a) => return self.on_auth(a),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 return Some(Close::Protocol(
                     ReasonCode::ProtocolError,
@@ -768,6 +904,71 @@ impl<S: Transport> Conn<S> {
             }
         }
         None
+    }
+
+    /// AUTH on a running connection: a re-authentication with the method the client
+    /// connected with [MQTT-4.12.1]. The connection goes on meanwhile; success is AUTH 0x00,
+    /// failure a DISCONNECT with the method's reason. The client stays the same user.
+    fn on_auth(&mut self, a: Auth) -> Option<Close> {
+        let protocol = |why: &str| Some(Close::Protocol(ReasonCode::ProtocolError, why.into()));
+        let Some(reauth) = self.reauth.as_deref_mut() else {
+            return protocol("AUTH, but the CONNECT had no authentication method (section 4.12)");
+        };
+        if a.properties.authentication_method.as_ref() != Some(&reauth.name) {
+            return protocol("AUTH with another authentication method [MQTT-4.12.1-1]");
+        }
+        let data = a.properties.authentication_data.as_deref();
+        let step = match (a.reason, reauth.exchange.as_mut()) {
+            (ReasonCode::ReAuthenticate, None) => {
+                let info = ConnectInfo {
+                    client_id: &self.client_id,
+                    username: self.username.as_deref(),
+                    password: None,
+                    peer: reauth.peer,
+                    protocol: self.version,
+                    listener: reauth.ctx.listener(),
+                    certificate: reauth.ctx.certificate(),
+                };
+                let exchange = reauth.exchange.insert(reauth.method.start(&info));
+                exchange.step(data)
+            }
+            (ReasonCode::ContinueAuthentication, Some(exchange)) => exchange.step(data),
+            _ => return protocol("unexpected AUTH reason code for the re-authentication state"),
+        };
+        match step {
+            AuthStep::Continue(data) => {
+                let auth =
+                    auth_packet(ReasonCode::ContinueAuthentication, &reauth.name, Some(data));
+                self.send(Packet::Auth(auth));
+                None
+            }
+            AuthStep::Success { username, data } => {
+                reauth.exchange = None;
+                if self.username.as_deref() != Some(username.as_str()) {
+                    info!(
+                        client_id = &*self.client_id,
+                        username = self.username.as_deref(),
+                        new_username = username,
+                        "re-authentication as another user refused"
+                    );
+                    return Some(Close::Refused(ReasonCode::NotAuthorized));
+                }
+                let auth = auth_packet(ReasonCode::Success, &reauth.name, data);
+                self.send(Packet::Auth(auth));
+                debug!("re-authenticated");
+                None
+            }
+            AuthStep::Failure(reason) => {
+                info!(client_id = &*self.client_id, username = self.username.as_deref(), %reason, "re-authentication failed");
+                // DISCONNECT has no 0x86 (Bad User Name or Password): 0x87 says it.
+                let allowed = reason.allowed_in(sagitta_proto::PacketKind::Disconnect);
+                Some(Close::Refused(if allowed {
+                    reason
+                } else {
+                    ReasonCode::NotAuthorized
+                }))
+            }
+        }
     }
 
     fn on_publish(&mut self, p: Publish) -> Option<Close> {
@@ -1258,6 +1459,7 @@ impl<S: Transport> Conn<S> {
                 info!(client_id = &*self.client_id, %reason, why, "closing connection: protocol error");
                 (Some(*reason), true)
             }
+            Close::Refused(reason) => (Some(*reason), true),
             Close::Network => (None, true),
             Close::KeepAlive => (Some(ReasonCode::KeepAliveTimeout), true),
             Close::TakenOver => (Some(ReasonCode::SessionTakenOver), true),

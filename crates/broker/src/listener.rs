@@ -15,11 +15,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use crate::auth::{Authenticator, ConnectInfo};
+use crate::auth::{AuthMethod, Authenticator, ConnectInfo};
 use crate::broker::{BrokerError, Shared};
 use crate::config::{Config, EffectiveListener, ListenerKind};
 use crate::password::PasswordFile;
 use crate::reload::FileBacked;
+use crate::scram::ScramSha256;
 use crate::tls::{ClientCertificate, TlsState};
 
 /// What an [`Authenticator`] is told about the listener a client connected through.
@@ -54,6 +55,8 @@ pub(crate) struct Listener {
     check: Check,
     /// This listener's own connection limit, if it has one.
     limit: Option<(usize, Arc<Semaphore>)>,
+    /// Enhanced-authentication methods offered here.
+    methods: Vec<Arc<dyn AuthMethod>>,
 }
 
 impl Listener {
@@ -70,6 +73,7 @@ impl Listener {
             use_identity_as_username: false,
             check: Check::Open,
             limit: None,
+            methods: Vec::new(),
         }
     }
 
@@ -133,6 +137,11 @@ impl ConnContext {
         self.certificate.as_ref()
     }
 
+    /// The enhanced-authentication method called `name`, if this listener offers it.
+    pub fn auth_method(&self, name: &str) -> Option<&Arc<dyn AuthMethod>> {
+        self.listener.methods.iter().find(|m| m.name() == name)
+    }
+
     /// Decides about a CONNECT; see [`Listener::authenticate`].
     pub fn authenticate(&self, info: &ConnectInfo<'_>) -> Result<(), ReasonCode> {
         self.listener.authenticate(info)
@@ -161,6 +170,7 @@ pub(crate) struct Prepared {
     check: Check,
     pub tls: Option<Arc<TlsState>>,
     max_connections: Option<usize>,
+    methods: Vec<Arc<dyn AuthMethod>>,
 }
 
 impl Prepared {
@@ -184,13 +194,15 @@ impl Prepared {
             limit: self
                 .max_connections
                 .map(|n| (n, Arc::new(Semaphore::new(n)))),
+            methods: self.methods,
         }
     }
 }
 
 /// Reads what every listener of `config` needs (password files, each once; TLS
 /// certificates, keys and CAs), without binding anything. `custom` replaces password files
-/// and `allow_anonymous`.
+/// and `allow_anonymous`; `methods` are offered by every listener, before the
+/// `SCRAM-SHA-256` of listeners with a password file (which a method of that name replaces).
 /// A password file that listeners share and a reload replaces.
 pub(crate) type SharedPasswordFile = Arc<FileBacked<PasswordFile>>;
 
@@ -198,6 +210,7 @@ pub(crate) type SharedPasswordFile = Arc<FileBacked<PasswordFile>>;
 pub(crate) fn prepare(
     config: &Config,
     custom: Option<Arc<dyn Authenticator>>,
+    methods: &[Arc<dyn AuthMethod>],
 ) -> Result<(Vec<Prepared>, Vec<SharedPasswordFile>), BrokerError> {
     let mut password_files: HashMap<PathBuf, SharedPasswordFile> = HashMap::new();
     let mut prepared = Vec::new();
@@ -231,6 +244,17 @@ pub(crate) fn prepare(
             Some(files) => Some(Arc::new(TlsState::load(files)?)),
             None => None,
         };
+        let mut offered = methods.to_vec();
+        // A username from the certificate is the identity: no method may set another.
+        if use_identity_as_username {
+            offered.clear();
+        } else if let Check::PasswordFile(file) = &check
+            && !offered
+                .iter()
+                .any(|m| m.name() == sagitta_proto::scram::MECHANISM)
+        {
+            offered.push(Arc::new(ScramSha256::new(file.clone())));
+        }
         prepared.push(Prepared {
             bind,
             name,
@@ -240,6 +264,7 @@ pub(crate) fn prepare(
             check,
             tls,
             max_connections,
+            methods: offered,
         });
     }
     Ok((prepared, password_files.into_values().collect()))

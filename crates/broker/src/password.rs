@@ -20,6 +20,18 @@
 //! so a client that reconnects with the same credentials pays only once per broker run.
 //! Wrong passwords and unknown users always pay the full cost (unknown users are checked
 //! against a dummy hash so that timing does not tell which users exist).
+//!
+//! # SCRAM-SHA-256
+//! A line may instead hold SCRAM-SHA-256 credentials (salt, iteration count, StoredKey and
+//! ServerKey, in PostgreSQL's format; `sagitta passwd --scram` writes them):
+//!
+//! ```text
+//! bob:SCRAM-SHA-256$4096:<base64 salt>$<base64 StoredKey>:<base64 ServerKey>
+//! ```
+//!
+//! Such a user can log in with MQTT 5.0 enhanced authentication (method `SCRAM-SHA-256`:
+//! the password never crosses the network, and the client learns that the broker knows it)
+//! and with a plain CONNECT password as well. Mosquitto does not read these lines.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -30,7 +42,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rand::RngCore as _;
 use sagitta_proto::ReasonCode;
-use sha2::{Digest as _, Sha512};
+use sagitta_proto::scram::{self, Credentials};
+use sha2::{Digest as _, Sha256, Sha512};
 use subtle::ConstantTimeEq as _;
 
 use crate::auth::{Authenticator, ConnectInfo};
@@ -156,6 +169,14 @@ impl fmt::Display for PasswordHash {
     }
 }
 
+/// SCRAM-SHA-256 credentials for `password` with a fresh random 16-byte salt and
+/// [`scram::DEFAULT_ITERATIONS`], for a password-file line (`Display` writes the format).
+pub fn scram_credentials(password: &[u8]) -> Credentials {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    Credentials::derive(password, &salt, scram::DEFAULT_ITERATIONS)
+}
+
 /// Why a password file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordFileError {
@@ -201,8 +222,11 @@ pub fn check_username(user: &str) -> Result<(), String> {
 /// unless anonymous clients are allowed; an unknown user, a missing or a wrong password
 /// get `BadUserNameOrPassword` (0x86, 3.x return code 4).
 pub struct PasswordFile {
-    users: HashMap<String, PasswordHash>,
+    users: HashMap<String, Secret>,
     allow_anonymous: bool,
+    /// Makes the SCRAM salts of unknown users (a digest of the file: stable while the file
+    /// is, and unguessable because the file holds random salts).
+    scram_seed: [u8; 32],
     /// Stands in for unknown users so that they cost as much as known ones (it has the
     /// highest iteration count of the file).
     dummy: PasswordHash,
@@ -247,19 +271,27 @@ impl PasswordFile {
                 return Err(error("expected `username:hash`".into()));
             };
             check_username(user).map_err(error)?;
-            let hash = PasswordHash::parse(hash).map_err(error)?;
-            if users.insert(user.to_owned(), hash).is_some() {
+            let secret = if hash.starts_with("SCRAM-SHA-256$") {
+                Secret::Scram(Credentials::parse(hash).map_err(error)?)
+            } else {
+                Secret::Pbkdf2(PasswordHash::parse(hash).map_err(error)?)
+            };
+            if users.insert(user.to_owned(), secret).is_some() {
                 return Err(error(format!("user `{user}` appears twice")));
             }
         }
         let dummy_iterations = users
             .values()
-            .map(PasswordHash::iterations)
+            .filter_map(|s| match s {
+                Secret::Pbkdf2(hash) => Some(hash.iterations()),
+                Secret::Scram(_) => None,
+            })
             .max()
             .unwrap_or(DEFAULT_ITERATIONS);
         Ok(Self {
             users,
             allow_anonymous: false,
+            scram_seed: Sha256::digest(text.as_bytes()).into(),
             dummy: PasswordHash {
                 iterations: dummy_iterations,
                 salt: vec![0; SALT_LEN],
@@ -294,7 +326,8 @@ impl PasswordFile {
             return true;
         }
         let ok = match self.users.get(user) {
-            Some(hash) => hash.verify(password),
+            Some(Secret::Pbkdf2(hash)) => hash.verify(password),
+            Some(Secret::Scram(credentials)) => credentials.verify_password(password),
             None => {
                 let _ = self.dummy.verify(password);
                 false
@@ -312,6 +345,34 @@ impl PasswordFile {
         }
         ok
     }
+
+    /// What a SCRAM-SHA-256 exchange for `user` needs: the salt and iteration count to send,
+    /// and the credentials to check the proof with. A user without SCRAM credentials (unknown,
+    /// or with a PBKDF2-SHA512 hash) gets a made-up salt, the same each time while the file
+    /// is unchanged, and `None`: the exchange then fails at the proof, as a wrong password
+    /// does, so that the answers do not tell which users exist.
+    pub fn scram(&self, user: &str) -> (Vec<u8>, u32, Option<&Credentials>) {
+        if let Some(Secret::Scram(credentials)) = self.users.get(user) {
+            return (
+                credentials.salt.clone(),
+                credentials.iterations,
+                Some(credentials),
+            );
+        }
+        let mut digest = Sha256::new();
+        digest.update(self.scram_seed);
+        digest.update(user.as_bytes());
+        let salt = digest.finalize()[..16].to_vec();
+        (salt, scram::DEFAULT_ITERATIONS, None)
+    }
+}
+
+/// What the file keeps for one user.
+enum Secret {
+    /// Mosquitto's `$7$` PBKDF2-SHA512 hash.
+    Pbkdf2(PasswordHash),
+    /// SCRAM-SHA-256 credentials.
+    Scram(Credentials),
 }
 
 /// A digest of user and password: the user is length-prefixed so pairs cannot collide.

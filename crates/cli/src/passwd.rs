@@ -2,7 +2,8 @@
 //! `mosquitto_passwd`). Lines are `username:$7$<iterations>$<salt>$<hash>` (PBKDF2-SHA512,
 //! 100 000 iterations), readable by `sagitta broker` and by Mosquitto 2. Other lines
 //! (comments, other users) are kept as they are. The file is replaced atomically (a
-//! temporary file in the same directory, then a rename) and gets mode 0600.
+//! temporary file in the same directory, then a rename) and gets mode 0600. With `--scram`
+//! the line holds SCRAM-SHA-256 credentials instead (see `sagitta_broker::password`).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,9 +21,11 @@ use sagitta_broker::password::check_username;
   sagitta passwd -b passwd carol s3cret   batch mode: the password on the command line
   echo s3cret | sagitta passwd passwd dan one line of stdin when it is not a terminal
   sagitta passwd -D passwd bob            delete bob
+  sagitta passwd --scram passwd erin      SCRAM-SHA-256 credentials for erin
 
 Hashes are PBKDF2-SHA512 with 100000 iterations in Mosquitto 2's $7$ format: files work
-with mosquitto too, and mosquitto_passwd files work with `sagitta broker`.
+with mosquitto too, and mosquitto_passwd files work with `sagitta broker`. With --scram
+the line is SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey> (PostgreSQL's format).
 Exit codes: 0 ok, 1 error, 2 bad arguments.")]
 pub struct PasswdArgs {
     /// Create a new password file; an existing one is overwritten.
@@ -34,6 +37,11 @@ pub struct PasswdArgs {
     /// Delete the user from the file.
     #[arg(short = 'D')]
     delete: bool,
+    /// Store SCRAM-SHA-256 credentials instead of a PBKDF2-SHA512 hash: the user can then
+    /// log in with MQTT 5.0 enhanced authentication (method SCRAM-SHA-256) as well as with
+    /// a plain password. Mosquitto does not read such lines.
+    #[arg(long, conflicts_with = "delete")]
+    scram: bool,
     /// The password file.
     #[arg(value_name = "FILE")]
     file: PathBuf,
@@ -114,7 +122,12 @@ fn execute(args: PasswdArgs) -> Result<(), Failure> {
         if password.is_empty() {
             return Err(error("the password is empty"));
         }
-        let entry = format!("{}:{}", args.user, PasswordHash::new(password.as_bytes()));
+        let entry = if args.scram {
+            let credentials = sagitta_broker::password::scram_credentials(password.as_bytes());
+            format!("{}:{credentials}", args.user)
+        } else {
+            format!("{}:{}", args.user, PasswordHash::new(password.as_bytes()))
+        };
         set_user(lines, &args.user, entry)
     };
     write_atomically(&args.file, &lines)

@@ -82,6 +82,12 @@ fn passwd_file_works_with_the_broker() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
 
+    // A third with SCRAM-SHA-256 credentials.
+    let out = passwd(&["-b", "--scram", s(&file), "carol", "s3cret"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\ncarol:SCRAM-SHA-256$4096:"), "{text}");
+
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -115,6 +121,11 @@ fn passwd_file_works_with_the_broker() {
     let out = publish(port, "bob", "builder");
     assert!(out.status.success(), "{out:?}");
     let out = publish(port, "alice", "wrong");
+    assert!(!out.status.success(), "{out:?}");
+    // SCRAM credentials serve plain-password logins too.
+    let out = publish(port, "carol", "s3cret");
+    assert!(out.status.success(), "{out:?}");
+    let out = publish(port, "carol", "s3cre");
     assert!(!out.status.success(), "{out:?}");
 
     // -D removes bob; alice stays.

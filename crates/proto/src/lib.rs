@@ -15,6 +15,7 @@
 //! - `encode`: [`Packet::encode`] / [`Packet::encoded_len`], sizes computed once.
 //! - [`session`]: per-session protocol state shared by broker and client (in-flight window,
 //!   QoS 2 de-duplication, topic aliases, keep-alive deadlines).
+//! - `scram` (feature `scram`): SCRAM-SHA-256 for 5.0 enhanced authentication, both sides.
 //! - [`error`]: [`DecodeError`] (each maps to a 5.0 reason code) and [`EncodeError`].
 //!
 //! ## Example
@@ -41,6 +42,8 @@ pub mod error;
 pub mod packet;
 pub mod properties;
 pub mod reason;
+#[cfg(feature = "scram")]
+pub mod scram;
 pub mod session;
 pub mod string;
 pub mod topic;
