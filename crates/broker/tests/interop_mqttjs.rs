@@ -1,0 +1,76 @@
+//! Interoperability with MQTT.js (npm `mqtt`, a client we did not write) against a Sagitta
+//! broker started in-process on a free port.
+//!
+//! Each test runs a script of `tests/mqttjs/` with Node.js; the script exits 0 when the
+//! broker behaved and 1 with the reason on stderr when it did not. MQTT.js is installed
+//! into `tests/mqttjs/node_modules` by `scripts/test-all` (`npm ci`).
+
+// Test code: failed expectations abort the test with a message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common_interop;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common_interop::{TestBroker, args, require_program, run_ok};
+use sagitta_proto::scram::Credentials;
+
+/// Outer limit for one script (their own watchdog fires at 15 s).
+const SCRIPT_LIMIT: Duration = Duration::from_secs(30);
+
+fn mqttjs_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mqttjs")
+}
+
+/// The path of a script, after checking that Node.js and MQTT.js are there.
+fn script(name: &str) -> String {
+    require_program(
+        "node",
+        "Install Node.js (Debian: `apt-get install nodejs npm`).",
+    );
+    let dir = mqttjs_dir();
+    assert!(
+        dir.join("node_modules/mqtt/package.json").exists(),
+        "MQTT.js is not installed: run `npm ci --prefix {}` (scripts/test-all does)",
+        dir.display()
+    );
+    dir.join(name).to_string_lossy().into_owned()
+}
+
+/// SCRAM-SHA-256 through MQTT.js's enhanced-authentication hooks: the right password logs
+/// in (and the broker proves it knows the password), a wrong one and an unknown user are
+/// refused with 0x86. The ACL lets a user use only topics under its own name, so the message
+/// coming back also shows that the broker took the name from the SCRAM exchange.
+#[tokio::test]
+async fn mqttjs_logs_in_with_scram_sha_256() {
+    let script = script("scram.js");
+    let dir = std::env::temp_dir().join(format!("sagitta-mqttjs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let passwords = dir.join("passwd");
+    let credentials = Credentials::derive(b"wonder land", b"16 bytes of salt", 4096);
+    std::fs::write(&passwords, format!("alice:{credentials}\n")).unwrap();
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "pattern readwrite %u/#\n").unwrap();
+    let broker = TestBroker::start_with(|c| {
+        c.password_file = Some(passwords.clone());
+        c.acl_file = Some(acl.clone());
+        c.failed_login_delay_ms = 0;
+    })
+    .await;
+    for (user, password, expect) in [
+        ("alice", "wonder land", "ok"),
+        ("alice", "wonderland", "refused"),
+        ("mallory", "wonder land", "refused"),
+    ] {
+        let out = run_ok(
+            "node",
+            &args([&script, &broker.port(), user, password, expect]),
+            SCRIPT_LIMIT,
+        )
+        .await;
+        assert_eq!(out.trim(), expect, "{user} / {password}");
+    }
+    broker.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
