@@ -655,7 +655,9 @@ impl Broker {
 
     fn start_sys(&self) {
         if self.shared.config.sys_interval > 0 {
-            self.shared.tracker.spawn(sys_loop(self.shared.clone()));
+            self.shared
+                .tracker
+                .spawn(crate::sys::sys_loop(self.shared.clone()));
         }
     }
 
@@ -715,56 +717,5 @@ impl Broker {
     pub async fn shutdown(self) {
         self.shared.shutdown.cancel();
         self.wait().await;
-    }
-}
-
-async fn sys_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(shared.config.sys_interval));
-    let mut targets = Vec::new();
-    let version = format!("sagitta {}", env!("CARGO_PKG_VERSION"));
-    loop {
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let m = &shared.metrics;
-        let connected = Metrics::get(&m.clients_connected);
-        let sessions = shared.sessions.len() as u64;
-        let values: [(&str, String); 12] = [
-            ("version", version.clone()),
-            (
-                "uptime",
-                format!("{} seconds", shared.started.elapsed().as_secs()),
-            ),
-            ("clients/connected", connected.to_string()),
-            (
-                "clients/disconnected",
-                sessions.saturating_sub(connected).to_string(),
-            ),
-            ("clients/total", sessions.max(connected).to_string()),
-            (
-                "clients/maximum",
-                Metrics::get(&m.clients_maximum).to_string(),
-            ),
-            (
-                "messages/received",
-                Metrics::get(&m.messages_received).to_string(),
-            ),
-            ("messages/sent", Metrics::get(&m.messages_sent).to_string()),
-            (
-                "bytes/received",
-                Metrics::get(&m.bytes_received).to_string(),
-            ),
-            ("bytes/sent", Metrics::get(&m.bytes_sent).to_string()),
-            ("retained messages/count", shared.retained.len().to_string()),
-            ("subscriptions/count", shared.router.len().to_string()),
-        ];
-        for (name, value) in values {
-            let Ok(topic) = TopicName::new(format!("$SYS/broker/{name}")) else {
-                continue;
-            };
-            let msg = Message::new(topic, Bytes::from(value), QoS::AtMostOnce, true);
-            shared.publish(Arc::new(msg), &mut targets);
-        }
     }
 }

@@ -52,6 +52,7 @@ mod router;
 mod scram;
 mod session;
 pub mod store;
+mod sys;
 pub mod tls;
 
 pub use acl::{Acl, AclError, Action, Authorizer};

@@ -148,6 +148,71 @@ async fn wildcards_and_dollar_topics() {
     all.expect_silence().await;
 }
 
+/// Mosquitto's `$SYS` names for counters and load averages, with values that follow a
+/// known load.
+#[tokio::test]
+async fn sys_counters_and_load_averages_follow_the_traffic() {
+    let b = broker_with(sagitta_broker::Config {
+        sys_interval: 1,
+        ..Default::default()
+    })
+    .await;
+    let mut sub = Peer::connect(addr(&b), V3_1_1, "sub").await;
+    sub.subscribe("t", QoS::AtMostOnce).await;
+    let mut publ = Peer::connect(addr(&b), V3_1_1, "pub").await;
+    for _ in 0..50 {
+        publ.publish("t", "x", QoS::AtMostOnce, false).await;
+        sub.recv_publish().await;
+    }
+    // Counters are flushed by the connections in batches and read every second: wait for
+    // an update that has all 50.
+    let mut sys = Peer::connect(addr(&b), V3_1_1, "sys").await;
+    sys.subscribe("$SYS/broker/publish/messages/received", QoS::AtMostOnce)
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let p = sys.recv_publish().await;
+        if p.payload == "50" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "last seen {p:?}");
+    }
+    let mut seen = std::collections::HashMap::new();
+    let mut watch = Peer::connect(addr(&b), V3_1_1, "watch").await;
+    watch.subscribe("$SYS/broker/#", QoS::AtMostOnce).await;
+    // The retained values arrive at once: one of each topic.
+    while seen.len() < 41 {
+        let p = watch.recv_publish().await;
+        let value = String::from_utf8(p.payload.to_vec()).unwrap();
+        seen.insert(p.topic.to_string(), value);
+    }
+    let get = |t: &str| {
+        seen.get(&format!("$SYS/broker/{t}"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(get("messages/received"), "50");
+    // sub, pub and sys; watch too if an update came after it connected.
+    assert!(
+        ["3", "4"].contains(&get("clients/connected").as_str()),
+        "{seen:?}"
+    );
+    assert_eq!(get("clients/active"), get("clients/connected"));
+    for name in [
+        "messages/received",
+        "publish/received",
+        "bytes/received",
+        "connections",
+    ] {
+        for window in ["1min", "5min", "15min"] {
+            let load: f64 = get(&format!("load/{name}/{window}")).parse().unwrap();
+            assert!(load > 0.0, "load/{name}/{window} = {load}");
+        }
+    }
+    let dropped: f64 = get("load/publish/dropped/1min").parse().unwrap();
+    assert_eq!(dropped, 0.0);
+}
+
 #[tokio::test]
 async fn clients_cannot_publish_to_sys_topics() {
     let b = broker_with(sagitta_broker::Config {
