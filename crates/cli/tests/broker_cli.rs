@@ -57,18 +57,7 @@ fn sigint_disconnects_v5_clients_with_0x8b_and_exits_0() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut broker = start(&["broker", "--memory", "--listen", &listen]);
-    let mut stream = connect_when_up(listen.parse().unwrap());
-    let mut out = BytesMut::new();
-    let connect = Connect::new(ProtocolVersion::V5, MqttStr::new("cli-test").unwrap());
-    Packet::Connect(Box::new(connect))
-        .encode(ProtocolVersion::V5, &mut out)
-        .unwrap();
-    stream.write_all(&out).unwrap();
-    let mut buf = BytesMut::new();
-    assert!(matches!(
-        recv(&mut stream, &mut buf, ProtocolVersion::V5),
-        Some(Packet::ConnAck(_))
-    ));
+    let (mut stream, mut buf) = connect_v5(listen.parse().unwrap(), "cli-test");
 
     let pid = broker.child().id().to_string();
     assert!(
@@ -159,5 +148,86 @@ fn check_config_validates_and_exits() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Connects a 5.0 client called `id` and waits for its CONNACK.
+fn connect_v5(addr: SocketAddr, id: &str) -> (TcpStream, BytesMut) {
+    let mut stream = connect_when_up(addr);
+    let mut out = BytesMut::new();
+    Packet::Connect(Box::new(Connect::new(
+        ProtocolVersion::V5,
+        MqttStr::new(id).unwrap(),
+    )))
+    .encode(ProtocolVersion::V5, &mut out)
+    .unwrap();
+    stream.write_all(&out).unwrap();
+    let mut buf = BytesMut::new();
+    match recv(&mut stream, &mut buf, ProtocolVersion::V5) {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason, ReasonCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    (stream, buf)
+}
+
+/// Publishes at QoS 1 and returns the PUBACK's reason code.
+fn puback_reason(stream: &mut TcpStream, buf: &mut BytesMut, topic: &str, id: u16) -> ReasonCode {
+    let mut p = sagitta_proto::Publish::new(sagitta_proto::TopicName::new(topic).unwrap(), "x");
+    p.qos = sagitta_proto::QoS::AtLeastOnce;
+    p.packet_id = std::num::NonZeroU16::new(id);
+    let mut out = BytesMut::new();
+    Packet::Publish(p)
+        .encode(ProtocolVersion::V5, &mut out)
+        .unwrap();
+    stream.write_all(&out).unwrap();
+    match recv(stream, buf, ProtocolVersion::V5) {
+        Some(Packet::PubAck(a)) => a.reason,
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn sighup_reloads_the_acl_while_clients_stay_connected() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("sagitta-cli-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic write first\n").unwrap();
+    let config = dir.join("sagitta.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"127.0.0.1:{port}\"]\nacl_file = \"{}\"\n",
+            acl.display()
+        ),
+    )
+    .unwrap();
+    let mut broker = start(&["broker", "--memory", "--config", config.to_str().unwrap()]);
+    let (mut stream, mut buf) = connect_v5(SocketAddr::from(([127, 0, 0, 1], port)), "hup");
+    assert_eq!(
+        puback_reason(&mut stream, &mut buf, "second", 1),
+        ReasonCode::NotAuthorized
+    );
+    std::fs::write(&acl, "topic write second\n").unwrap();
+    let pid = broker.child().id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The same connection is checked against the new file from its next packet on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 2;
+    while puback_reason(&mut stream, &mut buf, "second", id) == ReasonCode::NotAuthorized {
+        assert!(Instant::now() < deadline, "the new ACL never applied");
+        std::thread::sleep(Duration::from_millis(50));
+        id += 1;
+    }
+    assert_eq!(
+        puback_reason(&mut stream, &mut buf, "first", id + 1),
+        ReasonCode::NotAuthorized
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
