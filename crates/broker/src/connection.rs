@@ -63,6 +63,23 @@ enum Close {
     Shutdown,
 }
 
+impl std::fmt::Display for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::ClientDisconnect { will: false } => f.write_str("DISCONNECT from the client"),
+            Close::ClientDisconnect { will: true } => {
+                f.write_str("DISCONNECT from the client, with its will")
+            }
+            Close::Protocol(reason, why) => write!(f, "protocol error: {why} ({reason})"),
+            Close::Refused(reason) => write!(f, "re-authentication failed ({reason})"),
+            Close::Network => f.write_str("connection closed or failed without DISCONNECT"),
+            Close::KeepAlive => f.write_str("keep-alive timeout"),
+            Close::TakenOver => f.write_str("session taken over by another connection"),
+            Close::Shutdown => f.write_str("broker shutting down"),
+        }
+    }
+}
+
 /// Serves one accepted socket until it closes.
 ///
 /// Each phase (CONNECT and handshake, the session, the goodbye) runs as a future of its own on
@@ -613,7 +630,6 @@ where
             name,
             method,
             ctx,
-            peer,
             exchange: None,
         })
     });
@@ -622,6 +638,7 @@ where
         io,
         version,
         client_id,
+        peer,
         entry,
         state,
         generation,
@@ -663,7 +680,6 @@ struct Reauth {
     name: MqttStr,
     method: Arc<dyn AuthMethod>,
     ctx: ConnContext,
-    peer: SocketAddr,
     /// The re-authentication under way, if any.
     exchange: Option<Box<dyn AuthExchange>>,
 }
@@ -673,6 +689,8 @@ struct Conn<S> {
     io: Io<S>,
     version: ProtocolVersion,
     client_id: ClientId,
+    /// The client's address (the TCP peer).
+    peer: SocketAddr,
     entry: Arc<SessionEntry>,
     state: OwnedMutexGuard<SessionState>,
     generation: u64,
@@ -924,7 +942,7 @@ impl<S: Transport> Conn<S> {
                     client_id: &self.client_id,
                     username: self.username.as_deref(),
                     password: None,
-                    peer: reauth.peer,
+                    peer: self.peer,
                     protocol: self.version,
                     listener: reauth.ctx.listener(),
                     certificate: reauth.ctx.certificate(),
@@ -1485,7 +1503,7 @@ impl<S: Transport> Conn<S> {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.io.stream.shutdown()).await;
         }
         self.flush_metrics();
-        info!(client_id = &*self.client_id, reason = ?close, "client disconnected");
+        info!(client_id = &*self.client_id, peer = %self.peer, protocol = %self.version, username = self.username.as_deref(), reason = %close, "client disconnected");
 
         self.entry.set_connected(false);
         self.shared.metrics.client_disconnected();
