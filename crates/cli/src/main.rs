@@ -12,6 +12,7 @@ mod bench;
 mod passwd;
 mod pubsub;
 mod signal;
+mod tls;
 
 #[derive(Parser)]
 #[command(name = "sagitta", version, about = "Sagitta MQTT broker and tools")]

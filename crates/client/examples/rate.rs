@@ -6,15 +6,17 @@
 //!     [host:port] [count] [payload-bytes] [3|5] [phases] [runtime-threads]
 //! ```
 //! Defaults: `localhost:1883`, 100 000 messages, 16 bytes, MQTT 5.0, phases `01s` (QoS 0,
-//! QoS 1 pipelined, QoS 1 sequential), tokio's multi-threaded runtime (`1`: current-thread). No subscriber is needed:
-//! the rate is how fast the broker takes the messages in. For QoS 0 the clock stops when a
-//! final QoS 1 message is acknowledged, so every message has reached the broker.
+//! QoS 1 pipelined, QoS 1 sequential), tokio's multi-threaded runtime (`1`: current-thread).
+//! With `CAFILE=ca.pem` in the environment the client connects with TLS (trusting that CA).
+//! No subscriber is needed: the rate is how fast the broker takes the messages in. For QoS 0
+//! the clock stops when a final QoS 1 message is acknowledged, so every message has reached
+//! the broker.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sagitta_client::{Client, ProtocolVersion, QoS, TopicName};
+use sagitta_client::{Client, ProtocolVersion, QoS, TlsOptions, TopicName};
 
 fn report(what: &str, count: usize, elapsed: Duration) {
     let rate = count as f64 / elapsed.as_secs_f64();
@@ -51,13 +53,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let phases = args.next().unwrap_or_else(|| "01s".to_owned());
 
-    let client = Client::builder(addr.as_str())
-        .protocol(protocol)
-        .connect()
-        .await?;
+    let mut builder = Client::builder(addr.as_str()).protocol(protocol);
+    if let Some(ca) = std::env::var_os("CAFILE") {
+        builder = builder.tls(TlsOptions::ca_file(ca));
+    }
+    let client = builder.connect().await?;
     let topic = TopicName::new("sagitta/rate")?;
     let payload = Bytes::from(vec![b'x'; size]);
-    println!("MQTT {protocol} to {addr}, {size}-byte payloads");
+    let over = if std::env::var_os("CAFILE").is_some() {
+        " over TLS"
+    } else {
+        ""
+    };
+    println!("MQTT {protocol} to {addr}{over}, {size}-byte payloads");
 
     if phases.contains('0') {
         let start = Instant::now();

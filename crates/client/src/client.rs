@@ -239,7 +239,8 @@ impl Client {
         let span = tracing::info_span!(
             "mqtt_client",
             client_id = %opts.connect.client_id,
-            addr = %opts.addr
+            addr = %opts.addr,
+            tls = opts.tls.is_some()
         );
         tracing::info!(parent: &span, session_present = established.connack.session_present, "connected");
         let event_loop = EventLoop::new(opts, shared.clone(), rx, msg_tx, shutdown.clone());

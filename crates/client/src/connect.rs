@@ -1,14 +1,17 @@
-//! Opening a connection: TCP, CONNECT, CONNACK.
+//! Opening a connection: TCP, the TLS handshake when TLS is on, CONNECT, CONNACK.
 
+use std::io;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use sagitta_proto::{ConnAck, Connect, Packet, ReasonCode, decode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use sagitta_proto::{ConnAck, Connect, Packet, ProtocolVersion, ReasonCode, decode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{ConnectError, ProtocolError, ReasonString};
 use crate::options::Options;
+use crate::tls::{Tls, rustls_error};
+use crate::transport::Stream;
 
 /// Bytes reserved in the read buffer before each read.
 pub(crate) const READ_CHUNK: usize = 8 * 1024;
@@ -16,13 +19,13 @@ pub(crate) const READ_CHUNK: usize = 8 * 1024;
 /// A connection whose CONNACK accepted us. `rbuf` may already hold the packets that followed
 /// the CONNACK.
 pub(crate) struct Established {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub rbuf: BytesMut,
     pub connack: ConnAck,
 }
 
-/// Connects to `opts.addr`, sends `connect` and waits for the CONNACK, all within the connect
-/// timeout.
+/// Connects to `opts.addr`, runs the TLS handshake if TLS is on, sends `connect` and waits
+/// for the CONNACK, all within the connect timeout.
 pub(crate) async fn establish(
     opts: &Options,
     connect: &Connect,
@@ -38,34 +41,94 @@ pub(crate) async fn establish(
 }
 
 async fn attempt(opts: &Options, connect: &Connect) -> Result<Established, ConnectError> {
-    let io_err = |e: std::io::Error| ConnectError::Io {
-        addr: opts.addr.clone(),
-        source: Arc::new(e),
-    };
     let version = connect.protocol;
     let mut out = BytesMut::new();
     Packet::Connect(Box::new(connect.clone()))
         .encode(version, &mut out)
         .map_err(|e| ConnectError::InvalidOptions(e.to_string()))?;
 
-    let mut stream = TcpStream::connect(opts.addr.as_str())
+    let io_err = |e| stream_error(&opts.addr, e);
+    let tcp = TcpStream::connect(opts.addr.as_str())
         .await
         .map_err(io_err)?;
-    stream.set_nodelay(true).map_err(io_err)?;
-    stream.write_all(&out).await.map_err(io_err)?;
+    tcp.set_nodelay(true).map_err(io_err)?;
+    match &opts.tls {
+        None => {
+            let mut tcp = tcp;
+            let (rbuf, connack) = exchange(&mut tcp, &out, opts, version).await?;
+            Ok(Established {
+                stream: Stream::Tcp(tcp),
+                rbuf,
+                connack,
+            })
+        }
+        Some(tls) => {
+            let mut tls_stream = handshake(tls, tcp, &opts.addr).await?;
+            let (rbuf, connack) = exchange(&mut tls_stream, &out, opts, version).await?;
+            Ok(Established {
+                stream: Stream::Tls(Box::new(tls_stream)),
+                rbuf,
+                connack,
+            })
+        }
+    }
+}
 
+/// The TLS handshake over `tcp`.
+async fn handshake(
+    tls: &Tls,
+    tcp: TcpStream,
+    addr: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    connector
+        .connect(tls.server_name.clone(), tcp)
+        .await
+        .map_err(|e| {
+            if rustls_error(&e).is_some() {
+                return stream_error(addr, e);
+            }
+            let why = if e.kind() == io::ErrorKind::UnexpectedEof {
+                "the broker closed the connection during the TLS handshake (is this port a \
+                 TLS listener?)"
+                    .to_owned()
+            } else {
+                format!("TLS handshake: {e}")
+            };
+            ConnectError::Io {
+                addr: addr.to_owned(),
+                source: Arc::new(io::Error::new(e.kind(), why)),
+            }
+        })
+}
+
+/// Sends the encoded CONNECT in `out` and reads up to the CONNACK.
+async fn exchange<S>(
+    stream: &mut S,
+    out: &[u8],
+    opts: &Options,
+    version: ProtocolVersion,
+) -> Result<(BytesMut, ConnAck), ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let io_err = |e| stream_error(&opts.addr, e);
+    stream.write_all(out).await.map_err(io_err)?;
+    // TLS may keep records inside rustls until flushed (a no-op for TCP).
+    stream.flush().await.map_err(io_err)?;
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     loop {
+        if opts.tls.is_none() && looks_like_tls(&rbuf) {
+            return Err(ConnectError::TlsRequired {
+                addr: opts.addr.clone(),
+            });
+        }
         let packet = decode(&mut rbuf, version, opts.max_incoming)
             .map_err(|e| ConnectError::Protocol(e.into()))?;
         match packet {
             Some(Packet::ConnAck(connack)) => {
                 check_connack(&connack)?;
-                return Ok(Established {
-                    stream,
-                    rbuf,
-                    connack,
-                });
+                return Ok((rbuf, connack));
             }
             Some(Packet::Auth(_)) => return Err(ProtocolError::AuthNotSupported.into()),
             Some(other) => return Err(ProtocolError::Unexpected(other.packet_type()).into()),
@@ -76,6 +139,33 @@ async fn attempt(opts: &Options, connect: &Connect) -> Result<Established, Conne
                 }
             }
         }
+    }
+}
+
+/// True if `input` starts like a TLS record (an alert or a handshake, TLS 1.x): what a TLS
+/// listener answers to a plain CONNECT. No MQTT broker sends those bytes: as a fixed header
+/// they would be a CONNECT.
+fn looks_like_tls(input: &[u8]) -> bool {
+    matches!(input, [0x15 | 0x16, 0x03, ..])
+}
+
+/// An I/O error before CONNACK. A TLS error (from rustls) is a handshake failure: with TLS
+/// 1.3 the broker checks our certificate after our side of the handshake is done, so its
+/// refusal arrives as an alert on the first read. A TLS stream closed without close_notify is
+/// a close.
+fn stream_error(addr: &str, e: io::Error) -> ConnectError {
+    if let Some(error) = rustls_error(&e) {
+        return ConnectError::TlsHandshake {
+            addr: addr.to_owned(),
+            error: error.clone(),
+        };
+    }
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        return ConnectError::Closed;
+    }
+    ConnectError::Io {
+        addr: addr.to_owned(),
+        source: Arc::new(e),
     }
 }
 
@@ -105,6 +195,15 @@ fn check_connack(connack: &ConnAck) -> Result<(), ConnectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_records_are_recognised() {
+        assert!(looks_like_tls(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]));
+        assert!(looks_like_tls(&[0x16, 0x03, 0x01]));
+        // CONNACK, and input too short to tell.
+        assert!(!looks_like_tls(&[0x20, 0x02, 0x00, 0x00]));
+        assert!(!looks_like_tls(&[0x15]));
+    }
 
     #[test]
     fn refusals_are_typed() {

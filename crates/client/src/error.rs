@@ -1,4 +1,5 @@
-//! Errors, one enum per concern: [`ConnectError`] for establishing a connection,
+//! Errors, one enum per concern: [`ConnectError`] for establishing a connection (with
+//! [`TlsError`] for unusable TLS settings),
 //! [`ClientError`] for the calls of a connected client, [`ProtocolError`] for what a broker
 //! sent that breaks the protocol (it ends that connection).
 
@@ -8,6 +9,8 @@ use std::sync::Arc;
 
 use sagitta_proto::session::{AliasError, FlowError};
 use sagitta_proto::{DecodeError, EncodeError, PacketType, QoS, ReasonCode, TopicError};
+
+use crate::tls::TlsError;
 
 /// An optional reason string, shown after a reason code in error messages.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -70,6 +73,28 @@ pub enum ConnectError {
         /// The Server Reference (5.0), when the broker names another server to use.
         server_reference: Option<String>,
     },
+    /// The TLS settings cannot be used: a CA, certificate or key file that cannot be read or
+    /// holds nothing usable, a key that does not match its certificate, an invalid server
+    /// name. The message names the file.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The TLS handshake failed: the broker's certificate was refused (unknown CA, not valid
+    /// for the server name, expired...), the broker refused ours (or its absence), or there
+    /// is no protocol version or cipher suite in common.
+    #[error("TLS handshake with {addr} failed: {}", crate::tls::describe(.error))]
+    TlsHandshake {
+        /// The address as given.
+        addr: String,
+        /// The rustls error (re-exported as [`crate::rustls::Error`]).
+        error: rustls::Error,
+    },
+    /// The broker answered a plain connection with TLS: the port is a TLS listener, connect
+    /// with [`crate::ClientBuilder::tls`].
+    #[error("{addr} answered with TLS: this port needs a TLS connection")]
+    TlsRequired {
+        /// The address as given.
+        addr: String,
+    },
     /// The broker closed the connection before sending CONNACK.
     #[error("the broker closed the connection before CONNACK")]
     Closed,
@@ -94,10 +119,16 @@ impl ConnectError {
     }
 
     /// True if trying again cannot help (bad credentials, banned, invalid client id,
-    /// unsupported protocol version, invalid options).
+    /// unsupported protocol version, invalid options, unusable TLS files, a certificate
+    /// refused by either side in the TLS handshake).
     pub fn is_fatal(&self) -> bool {
         match self {
-            Self::InvalidOptions(_) | Self::NotAuthorized { .. } | Self::BlockingInRuntime => true,
+            Self::InvalidOptions(_)
+            | Self::NotAuthorized { .. }
+            | Self::BlockingInRuntime
+            | Self::Tls(_)
+            | Self::TlsRequired { .. } => true,
+            Self::TlsHandshake { error, .. } => crate::tls::is_fatal(error),
             Self::Refused { reason, .. } => matches!(
                 reason,
                 ReasonCode::Banned

@@ -16,7 +16,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use rand::Rng;
 use sagitta_proto::session::{
     FlowError, InboundAliases, InboundQos2, OutboundAlias, OutboundAliases, OutboundWindow,
@@ -27,8 +27,7 @@ use sagitta_proto::{
     ReasonCode, SubAck, Subscribe, SubscribeProperties, SubscriptionOptions, TopicFilter,
     TopicName, UnsubAck, Unsubscribe, decode,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +37,7 @@ use crate::connect::{Established, READ_CHUNK, establish};
 use crate::error::{ClientError, ProtocolError, ReasonString};
 use crate::message::Message;
 use crate::options::{Callback, Options};
+use crate::transport::{Reader, Writer};
 
 /// Stop taking requests while this much is waiting to be written.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -213,8 +213,8 @@ enum Flow {
 /// Per-connection state.
 struct Conn {
     version: ProtocolVersion,
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: Reader,
+    wr: Writer,
     rbuf: BytesMut,
     wbuf: BytesMut,
     keep_alive: u16,
@@ -277,8 +277,7 @@ impl Conn {
     /// unread input does not turn our close into a reset that could lose the tail.
     async fn close(mut self, limit: Duration) {
         let flush = async {
-            self.wr.write_all(&self.wbuf).await?;
-            self.wr.shutdown().await?;
+            self.wr.finish(&self.wbuf).await?;
             loop {
                 self.rbuf.clear();
                 self.rbuf.reserve(READ_CHUNK);
@@ -618,13 +617,10 @@ impl EventLoop {
                 Ok(Some(d)) => return self.close(conn, d.packet, Some(d.done)).await,
                 Err(e) => return End::Lost(e),
             }
-            if !conn.wbuf.is_empty() {
-                match conn.wr.try_write(&conn.wbuf) {
-                    Ok(n) => {
-                        conn.wbuf.advance(n);
-                        conn.after_write();
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            if conn.wr.has_pending(&conn.wbuf) {
+                match conn.wr.try_write(&mut conn.wbuf) {
+                    Ok(true) => conn.after_write(),
+                    Ok(false) => {}
                     Err(e) => return End::Lost(ClientError::io(e)),
                 }
             }
@@ -645,7 +641,7 @@ impl EventLoop {
                     Ok(_) => {}
                     Err(e) => return End::Lost(ClientError::io(e)),
                 },
-                written = conn.wr.write_buf(&mut conn.wbuf), if !conn.wbuf.is_empty() => {
+                written = conn.wr.write(&mut conn.wbuf), if conn.wr.has_pending(&conn.wbuf) => {
                     match written {
                         Ok(_) => conn.after_write(),
                         Err(e) => return End::Lost(ClientError::io(e)),

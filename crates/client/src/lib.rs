@@ -40,13 +40,19 @@
 //!   restored and unacknowledged messages published again.
 //! - Anything malformed from the broker ends that connection with a [`ProtocolError`], never a
 //!   panic.
+//! - TLS 1.2 / 1.3 (rustls, `ring` provider) with [`ClientBuilder::tls`]: a CA file, an
+//!   optional client certificate (mutual TLS), a server name override, or a ready
+//!   [`rustls::ClientConfig`]; see [`TlsOptions`]. A certificate refused in the handshake is a
+//!   [`ConnectError::TlsHandshake`] that ends reconnecting ([`ConnectError::is_fatal`]).
 //!
 //! ## Layout
 //! - [`Client`] (`client.rs`): the cheap-to-clone async handle; requests go to the event loop
 //!   through a bounded channel and come back through oneshot replies. Also [`Status`].
 //! - `event_loop.rs`: the task that owns the socket — read, decode, dispatch, batch writes,
 //!   keep-alive, QoS flows on `sagitta_proto::session`, reconnect and session resume.
-//! - `connect.rs`: TCP connect, CONNECT, CONNACK.
+//! - `connect.rs`: TCP connect, TLS handshake, CONNECT, CONNACK.
+//! - `transport.rs`: the TCP or TLS stream and its read and write halves.
+//! - [`TlsOptions`], [`TlsError`] (`tls.rs`): PEM files to a rustls configuration.
 //! - [`ClientBuilder`], [`PublishOptions`], [`Subscription`], [`LastWill`] (`options.rs`).
 //! - [`ReconnectPolicy`] (`reconnect.rs`): capped exponential backoff with jitter.
 //! - [`Message`] (`message.rs`): a received message.
@@ -63,15 +69,22 @@ mod event_loop;
 mod message;
 mod options;
 mod reconnect;
+mod tls;
+mod transport;
 
 pub use client::{Client, PendingPublish, State, Status};
 pub use error::{ClientError, ConnectError, ProtocolError, ReasonString};
 pub use message::Message;
 pub use options::{
-    ClientBuilder, DEFAULT_PORT, IntoTopicFilter, IntoTopicName, LastWill, PublishOptions,
-    Subscription,
+    ClientBuilder, DEFAULT_PORT, DEFAULT_TLS_PORT, IntoTopicFilter, IntoTopicName, LastWill,
+    PublishOptions, Subscription,
 };
 pub use reconnect::ReconnectPolicy;
+pub use tls::{TlsError, TlsOptions};
+
+/// The rustls version the client uses, for [`TlsOptions::with_config`] and
+/// [`ConnectError::TlsHandshake`].
+pub use rustls;
 
 /// The codec crate, for the packet and property types used in advanced calls.
 pub use sagitta_proto as proto;

@@ -16,9 +16,13 @@ use sagitta_proto::{
 use crate::error::ConnectError;
 use crate::message::Message;
 use crate::reconnect::ReconnectPolicy;
+use crate::tls::{Tls, TlsOptions};
 
 /// The port used when an address has none.
 pub const DEFAULT_PORT: u16 = 1883;
+
+/// The port used when an address has none and TLS is on ([`ClientBuilder::tls`]).
+pub const DEFAULT_TLS_PORT: u16 = 8883;
 
 /// Default cap on QoS 1/2 messages in flight with a 3.x broker.
 const DEFAULT_INFLIGHT_V3: u16 = 20;
@@ -316,7 +320,7 @@ impl LastWill {
 /// clean start, session expiry 0, reconnect on ([`ReconnectPolicy::default`]), connect timeout
 /// 10 s, PINGRESP timeout = the keep-alive but at most 10 s, incoming packets up to 16 MiB,
 /// automatic topic aliases when the broker allows them, QoS 1/2 messages in flight up to the
-/// broker's Receive Maximum (5.0) or 20 (3.x).
+/// broker's Receive Maximum (5.0) or 20 (3.x), plain TCP (TLS with [`ClientBuilder::tls`]).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -358,13 +362,15 @@ pub struct ClientBuilder {
     request_capacity: usize,
     message_capacity: usize,
     user_properties: Vec<(String, String)>,
+    tls: Option<TlsOptions>,
 }
 
 impl ClientBuilder {
-    /// A builder for the broker at `addr` (`host:port`; the port defaults to 1883).
+    /// A builder for the broker at `addr` (`host:port`; the port defaults to 1883, or 8883
+    /// with [`ClientBuilder::tls`]).
     pub fn new(addr: impl Into<String>) -> Self {
         Self {
-            addr: normalize_addr(addr.into()),
+            addr: addr.into(),
             protocol: ProtocolVersion::V5,
             client_id: None,
             username: None,
@@ -384,6 +390,7 @@ impl ClientBuilder {
             request_capacity: 1024,
             message_capacity: 1024,
             user_properties: Vec::new(),
+            tls: None,
         }
     }
 
@@ -454,7 +461,16 @@ impl ClientBuilder {
         self
     }
 
-    /// Time allowed for the TCP connection and the CONNACK together.
+    /// Connects with TLS (1.2 or 1.3): see [`TlsOptions`] for whom to trust, the client
+    /// certificate of mutual TLS and the server name. The files are read when the client is
+    /// built ([`ClientBuilder::connect`]); an unusable one is a [`ConnectError::Tls`] naming
+    /// it, and a failed handshake a [`ConnectError::TlsHandshake`] saying why.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Time allowed for the TCP connection, the TLS handshake and the CONNACK together.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -514,7 +530,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects: TCP, CONNECT, CONNACK. Spawns the event loop on the current tokio runtime.
+    /// Connects: TCP, TLS if set, CONNECT, CONNACK. Spawns the event loop on the current
+    /// tokio runtime.
     pub async fn connect(self) -> Result<crate::Client, ConnectError> {
         crate::client::Client::connect_with(self.build()?).await
     }
@@ -578,8 +595,16 @@ impl ClientBuilder {
         } else {
             !connect.clean_start
         };
+        let default_port = if self.tls.is_some() {
+            DEFAULT_TLS_PORT
+        } else {
+            DEFAULT_PORT
+        };
+        let addr = normalize_addr(self.addr, default_port);
+        let tls = self.tls.map(|t| t.load(&addr)).transpose()?;
         Ok(Options {
-            addr: self.addr,
+            addr,
+            tls,
             connect,
             persistent,
             reconnect: self.reconnect,
@@ -603,7 +628,10 @@ impl ClientBuilder {
 /// Validated options, as the event loop uses them.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
+    /// `host:port`.
     pub addr: String,
+    /// TLS, when on.
+    pub tls: Option<Tls>,
     /// The CONNECT of the first connection; reconnects adjust Clean Start and the client id.
     pub connect: Connect,
     /// True if the session outlives a connection (5.0: session expiry > 0; 3.x: clean
@@ -636,7 +664,7 @@ impl Options {
 }
 
 /// Adds the default port when `addr` has none (`localhost` → `localhost:1883`).
-fn normalize_addr(addr: String) -> String {
+fn normalize_addr(addr: String, default_port: u16) -> String {
     if addr.parse::<std::net::SocketAddr>().is_ok() {
         return addr;
     }
@@ -646,8 +674,8 @@ fn normalize_addr(addr: String) -> String {
     let bare_ipv6 = addr.parse::<std::net::Ipv6Addr>().is_ok();
     match (has_port && !bare_ipv6, bare_ipv6) {
         (true, _) => addr,
-        (false, true) => format!("[{addr}]:{DEFAULT_PORT}"),
-        (false, false) => format!("{addr}:{DEFAULT_PORT}"),
+        (false, true) => format!("[{addr}]:{default_port}"),
+        (false, false) => format!("{addr}:{default_port}"),
     }
 }
 
@@ -657,11 +685,41 @@ mod tests {
 
     #[test]
     fn addresses_get_the_default_port() {
-        assert_eq!(normalize_addr("localhost".into()), "localhost:1883");
-        assert_eq!(normalize_addr("localhost:1884".into()), "localhost:1884");
-        assert_eq!(normalize_addr("127.0.0.1:5".into()), "127.0.0.1:5");
-        assert_eq!(normalize_addr("[::1]:1883".into()), "[::1]:1883");
-        assert_eq!(normalize_addr("::1".into()), "[::1]:1883");
+        let n = |a: &str| normalize_addr(a.into(), DEFAULT_PORT);
+        assert_eq!(n("localhost"), "localhost:1883");
+        assert_eq!(n("localhost:1884"), "localhost:1884");
+        assert_eq!(n("127.0.0.1:5"), "127.0.0.1:5");
+        assert_eq!(n("[::1]:1883"), "[::1]:1883");
+        assert_eq!(n("::1"), "[::1]:1883");
+        assert_eq!(normalize_addr("::1".into(), DEFAULT_TLS_PORT), "[::1]:8883");
+    }
+
+    #[test]
+    fn tls_changes_the_default_port_and_names_the_server() {
+        let o = ClientBuilder::new("localhost")
+            .tls(TlsOptions::insecure())
+            .build()
+            .unwrap();
+        assert_eq!(o.addr, "localhost:8883");
+        let tls = o.tls.unwrap();
+        assert_eq!(tls.server_name.to_str(), "localhost");
+        let o = ClientBuilder::new("127.0.0.1:1884")
+            .tls(TlsOptions::insecure())
+            .build()
+            .unwrap();
+        assert_eq!(o.addr, "127.0.0.1:1884");
+        assert!(matches!(
+            o.tls.unwrap().server_name,
+            rustls::pki_types::ServerName::IpAddress(_)
+        ));
+        assert!(ClientBuilder::new("h").build().unwrap().tls.is_none());
+        let e = ClientBuilder::new("h")
+            .tls(TlsOptions::ca_file("/nonexistent/ca.pem"))
+            .build()
+            .unwrap_err();
+        assert!(matches!(e, ConnectError::Tls(_)), "{e}");
+        assert!(e.is_fatal());
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]

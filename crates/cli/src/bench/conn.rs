@@ -83,13 +83,14 @@ pub async fn run(c: &Config) -> Result<Summary, String> {
         let addr = c.addr();
         let (version, client_id) = (c.version, format!("{prefix}{i}"));
         let (user, pass) = (c.username.clone(), c.password.clone());
+        let tls = c.tls.clone();
         tasks.spawn(async move {
             let t = Instant::now();
             let creds = super::link::Credentials {
                 username: user.as_deref(),
                 password: pass.as_deref(),
             };
-            match Link::connect(&addr, version, &client_id, creds, false).await {
+            match Link::connect(&addr, tls.as_ref(), version, &client_id, creds, false).await {
                 Ok((link, session)) => {
                     let _ = tx.send(Ok((t.elapsed(), Instant::now())));
                     counters.connection(1);

@@ -1,21 +1,31 @@
-//! One MQTT connection of a simulated client: a `TcpStream` (TCP_NODELAY) with a read buffer
-//! decoded by `sagitta_proto::decode` and a write buffer filled by `Packet::encode` and
-//! written with one `write_all` per batch.
+//! One MQTT connection of a simulated client: a `TcpStream` (TCP_NODELAY), or TLS over it,
+//! with a read buffer decoded by `sagitta_proto::decode` and a write buffer filled by
+//! `Packet::encode` and written with one `write_all` per batch.
 //!
-//! Only `&self` socket operations are used for reading (`readable` + `try_read_buf`), so a
-//! task can wait for incoming bytes in a `select!` while owning the link.
+//! Only `&self` socket operations are used to wait for input (`readable`), so a task can
+//! wait for incoming bytes in a `select!` while owning the link; `try_fill` then reads what
+//! is there without waiting. Over TLS, `try_fill` polls the TLS stream once per read with a
+//! waker that does nothing, until it would block: then nothing decrypted is left inside
+//! rustls, and waiting for the socket to be readable is right.
 
+use std::future::Future;
 use std::io;
 use std::num::NonZeroU16;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use sagitta_proto::{
     ConnAck, Connect, Disconnect, MqttStr, Packet, ProtocolVersion, QoS, ReasonCode, SubAck,
     Subscribe, SubscriptionOptions, TopicFilter, decode,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 /// Largest packet accepted from the broker.
 const MAX_PACKET: usize = 1 << 24;
@@ -25,6 +35,8 @@ const READ_CHUNK: usize = 64 * 1024;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keep-alive announced in CONNECT; the clients ping at half of it when idle.
 pub const KEEP_ALIVE: u16 = 60;
+/// TLS reads per `try_fill` at most; more input then waits for the next call.
+const TLS_READS: usize = 16;
 
 /// Why a connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +44,9 @@ pub enum LinkError {
     /// Socket error.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The TLS handshake failed.
+    #[error("TLS handshake: {0}")]
+    Tls(io::Error),
     /// The broker sent bytes that do not decode.
     #[error("bad packet from broker: {0}")]
     Decode(#[from] sagitta_proto::DecodeError),
@@ -76,10 +91,30 @@ pub struct Session {
     pub keep_alive: u16,
 }
 
+/// TLS for every connection of a run.
+#[derive(Debug, Clone)]
+pub struct LinkTls {
+    /// The rustls configuration (from `--cafile`, `--cert`, `--key`, `--insecure`).
+    pub config: Arc<ClientConfig>,
+    /// The name the broker's certificate must carry.
+    pub server_name: ServerName<'static>,
+}
+
+/// The byte stream.
+#[derive(Debug)]
+enum Transport {
+    Tcp(TcpStream),
+    /// Boxed: the rustls state is large.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
 /// A connection to the broker.
 #[derive(Debug)]
 pub struct Link {
-    stream: TcpStream,
+    stream: Transport,
+    /// TLS: decrypted input may still wait inside rustls (a `try_fill` stopped early, or
+    /// `fill` read once), so `readable` must not wait for the socket.
+    more: bool,
     /// Bytes received and not decoded yet.
     rbuf: BytesMut,
     /// Encoded packets waiting for [`Link::flush`].
@@ -88,9 +123,11 @@ pub struct Link {
 }
 
 impl Link {
-    /// Opens a TCP connection, sends CONNECT and waits for a successful CONNACK.
+    /// Opens a TCP connection (and TLS over it with `tls`), sends CONNECT and waits for a
+    /// successful CONNACK.
     pub async fn connect(
         addr: &str,
+        tls: Option<&LinkTls>,
         version: ProtocolVersion,
         client_id: &str,
         credentials: Credentials<'_>,
@@ -98,7 +135,7 @@ impl Link {
     ) -> Result<(Self, Session), LinkError> {
         tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            Self::connect_inner(addr, version, client_id, credentials, persistent),
+            Self::connect_inner(addr, tls, version, client_id, credentials, persistent),
         )
         .await
         .map_err(|_| LinkError::Timeout("CONNACK"))?
@@ -106,15 +143,26 @@ impl Link {
 
     async fn connect_inner(
         addr: &str,
+        tls: Option<&LinkTls>,
         version: ProtocolVersion,
         client_id: &str,
         credentials: Credentials<'_>,
         persistent: bool,
     ) -> Result<(Self, Session), LinkError> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => Transport::Tcp(tcp),
+            Some(tls) => Transport::Tls(Box::new(
+                tokio_rustls::TlsConnector::from(tls.config.clone())
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(LinkError::Tls)?,
+            )),
+        };
         let mut link = Self {
             stream,
+            more: false,
             rbuf: BytesMut::with_capacity(4096),
             wbuf: BytesMut::with_capacity(4096),
             version,
@@ -204,10 +252,16 @@ impl Link {
         Ok(())
     }
 
-    /// Writes the whole write buffer (one `write_all`) and empties it.
+    /// Writes the whole write buffer (one `write_all`; TLS: and a flush) and empties it.
     pub async fn flush(&mut self) -> Result<(), LinkError> {
         if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
+            match &mut self.stream {
+                Transport::Tcp(tcp) => tcp.write_all(&self.wbuf).await?,
+                Transport::Tls(tls) => {
+                    tls.write_all(&self.wbuf).await?;
+                    tls.flush().await?;
+                }
+            }
             self.wbuf.clear();
         }
         Ok(())
@@ -215,14 +269,24 @@ impl Link {
 
     /// Waits until the socket may have bytes to read (for `select!`).
     pub async fn readable(&self) -> io::Result<()> {
-        self.stream.readable().await
+        match &self.stream {
+            Transport::Tcp(tcp) => tcp.readable().await,
+            Transport::Tls(_) if self.more => Ok(()),
+            Transport::Tls(tls) => tls.get_ref().0.readable().await,
+        }
     }
 
     /// Reads what the socket holds now without waiting. `Ok(false)` on end of stream.
     pub fn try_fill(&mut self) -> Result<bool, LinkError> {
+        let tcp = match &mut self.stream {
+            Transport::Tcp(tcp) => tcp,
+            Transport::Tls(tls) => {
+                return try_fill_tls(tls, &mut self.rbuf, &mut self.more);
+            }
+        };
         loop {
             self.rbuf.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.rbuf) {
+            match tcp.try_read_buf(&mut self.rbuf) {
                 Ok(0) => return Ok(false),
                 // A full read: there may be more.
                 Ok(n) if n >= READ_CHUNK => continue,
@@ -236,10 +300,25 @@ impl Link {
 
     /// Waits for bytes and reads them. `Ok(false)` on end of stream.
     pub async fn fill(&mut self) -> Result<bool, LinkError> {
+        let tcp = match &mut self.stream {
+            Transport::Tcp(tcp) => tcp,
+            Transport::Tls(tls) => {
+                self.rbuf.reserve(READ_CHUNK);
+                return match tls.read_buf(&mut self.rbuf).await {
+                    Ok(0) => Ok(false),
+                    Ok(_) => {
+                        self.more = true;
+                        Ok(true)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+                    Err(e) => Err(e.into()),
+                };
+            }
+        };
         loop {
-            self.stream.readable().await?;
+            tcp.readable().await?;
             self.rbuf.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.rbuf) {
+            match tcp.try_read_buf(&mut self.rbuf) {
                 Ok(0) => return Ok(false),
                 Ok(_) => return Ok(true),
                 Err(e)
@@ -275,6 +354,42 @@ impl Link {
         {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        let shutdown = async {
+            match &mut self.stream {
+                Transport::Tcp(tcp) => tcp.shutdown().await,
+                // Sends a close_notify first.
+                Transport::Tls(tls) => tls.shutdown().await,
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), shutdown).await;
     }
+}
+
+/// `try_fill` over TLS: reads (decrypting) until the stream would block, at most
+/// [`TLS_READS`] times; `more` tells whether input may be left inside rustls. A read that
+/// returns `Pending` registered no waker that matters: the caller waits with `readable`.
+fn try_fill_tls(
+    tls: &mut TlsStream<TcpStream>,
+    rbuf: &mut BytesMut,
+    more: &mut bool,
+) -> Result<bool, LinkError> {
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..TLS_READS {
+        rbuf.reserve(READ_CHUNK);
+        let read = pin!(tls.read_buf(rbuf));
+        match read.poll(&mut cx) {
+            Poll::Ready(Ok(0)) => return Ok(false),
+            Poll::Ready(Ok(_)) => {}
+            // The broker closed TCP without a TLS close_notify: the end, as over TCP.
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Poll::Ready(Err(e)) => return Err(e.into()),
+            Poll::Pending => {
+                *more = false;
+                return Ok(true);
+            }
+        }
+    }
+    *more = true;
+    Ok(true)
 }

@@ -5,8 +5,8 @@
 //! - `traffic`: the publish/subscribe scenarios (`pub`, `sub`, `fanin`, `fanout`, `pairs`):
 //!   set-up, the closed loop, stop and drain. `publisher` and `subscriber` are the tasks.
 //! - `conn`: the connection scenario.
-//! - `link`: one MQTT connection over `sagitta-proto` (encode into a buffer, one write per
-//!   batch; decode every complete packet read). `template`: a pre-encoded PUBLISH.
+//! - `link`: one MQTT connection over `sagitta-proto`, TCP or TLS (encode into a buffer, one
+//!   write per batch; decode every complete packet read). `template`: a pre-encoded PUBLISH.
 //! - `flow`: the QoS 1/2 acknowledgement window and the rate pacer.
 //! - `payload`: the header each message carries; `clock`: the timestamps in it.
 //! - `stats`: per-task statistics (latency histograms, loss/duplicate/order tracking) and
@@ -36,6 +36,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, ValueEnum};
 use sagitta_proto::{ProtocolVersion, QoS, TopicFilter, TopicName};
+
+use crate::tls::TlsArgs;
 
 pub use payload::HEADER_LEN;
 
@@ -79,7 +81,11 @@ impl Scenario {
     sagitta bench fanin --pubs 50 -q 1 -d 10\n  \
     sagitta bench fanout --subs 50 -r 1000 --json\n  \
     sagitta bench conn -c 10000 --connect-rate 500 -d 60\n  \
-    sagitta bench pairs --pubs 100 --broker-pid \"$(pidof mosquitto)\" --json\n\n\
+    sagitta bench pairs --pubs 100 --broker-pid \"$(pidof mosquitto)\" --json\n  \
+    sagitta bench pairs --pubs 10 -h localhost -p 8883 --cafile ca.pem\n  \
+    sagitta bench conn -c 1000 -p 8883 --cafile ca.pem --cert me.pem --key me.key\n\n\
+    TLS: --cafile (or --insecure) turns TLS on; the port stays 1883 unless -p says \
+    otherwise.\n\n\
     Without --rate the run is a closed loop: publishers pause while --inflight deliveries \
     are outstanding, so latency then includes that queue (about inflight / throughput); \
     use --rate or a small --inflight to measure latency.\n\n\
@@ -166,6 +172,8 @@ pub struct BenchArgs {
     /// Print help.
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 impl BenchArgs {
@@ -193,6 +201,8 @@ pub struct Config {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// TLS for every connection (`--cafile`, `--insecure`...).
+    pub tls: Option<link::LinkTls>,
     /// Protocol version.
     pub version: ProtocolVersion,
     /// QoS.
@@ -387,10 +397,21 @@ impl Config {
         if let Some(pid) = a.broker_pid {
             usage::check_pid(pid)?;
         }
+        // The files are read once here, not once per connection.
+        let tls = match a.tls.options(false)? {
+            Some(options) => Some(link::LinkTls {
+                config: options.client_config().map_err(|e| e.to_string())?,
+                server_name: options
+                    .server_name_for(&a.host)
+                    .map_err(|e| e.to_string())?,
+            }),
+            None => None,
+        };
         Ok(Self {
             scenario: s,
             host: a.host,
             port: a.port,
+            tls,
             version: a.version,
             qos,
             size: a.size,

@@ -39,10 +39,16 @@ impl Publisher {
         let c = &sh.config;
         let template = PublishTemplate::new(c.version, topic, c.qos, c.size)?;
         let client_id = format!("{}p{index}", sh.client_prefix);
-        let (link, session) =
-            Link::connect(&c.addr(), c.version, &client_id, c.credentials(), false)
-                .await
-                .map_err(|e| format!("publisher {index}: {e}"))?;
+        let (link, session) = Link::connect(
+            &c.addr(),
+            c.tls.as_ref(),
+            c.version,
+            &client_id,
+            c.credentials(),
+            false,
+        )
+        .await
+        .map_err(|e| format!("publisher {index}: {e}"))?;
         Ok(Self {
             index,
             link,

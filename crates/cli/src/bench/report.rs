@@ -88,6 +88,8 @@ pub struct Summary {
     pub scenario: Scenario,
     /// Broker address.
     pub broker: String,
+    /// Connections over TLS.
+    pub tls: bool,
     /// MQTT version.
     pub protocol: String,
     /// QoS.
@@ -166,6 +168,7 @@ impl Summary {
         Self {
             scenario: c.scenario,
             broker: c.addr(),
+            tls: c.tls.is_some(),
             protocol: c.version.to_string(),
             qos: c.qos as u8,
             size: c.size,
@@ -295,10 +298,11 @@ impl Summary {
         };
         let _ = writeln!(
             o,
-            "sagitta bench {} against {} (MQTT {})",
+            "sagitta bench {} against {} (MQTT {}{})",
             self.scenario.name(),
             self.broker,
-            self.protocol
+            self.protocol,
+            if self.tls { ", TLS" } else { "" }
         );
         if let Some(cs) = &self.connect {
             let _ = writeln!(

@@ -31,6 +31,7 @@ impl Subscriber {
         let client_id = format!("{}s{index}", sh.client_prefix);
         let (mut link, session) = Link::connect(
             &c.addr(),
+            c.tls.as_ref(),
             c.version,
             &client_id,
             c.credentials(),

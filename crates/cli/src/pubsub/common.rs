@@ -11,6 +11,7 @@ use sagitta_client::{
 };
 
 use super::props::{self, Command, Properties, PropertyArgs};
+use crate::tls::TlsArgs;
 
 /// Exit code for connection, protocol and publish failures.
 pub const EXIT_FAILURE: u8 = 1;
@@ -112,6 +113,7 @@ pub struct ConnArgs {
     #[arg(short = 'p', long = "port", value_name = "PORT", default_value_t = sagitta_client::DEFAULT_PORT)]
     pub port: u16,
     /// Host, port, credentials and topic as one URL: mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC
+    /// (mqtts://: TLS, port 8883 by default; needs --cafile or --insecure).
     #[arg(short = 'L', long = "url", value_name = "URL", conflicts_with_all = ["host", "port"])]
     pub url: Option<String>,
     /// Client identifier (default: a random sagitta-XXXXXXXXXXXX).
@@ -179,6 +181,8 @@ pub struct ConnArgs {
     /// Print help.
     #[arg(long = "help", action = clap::ArgAction::Help)]
     pub help: Option<bool>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// The connection flags checked and turned into a builder.
@@ -241,6 +245,10 @@ impl ConnArgs {
         let mut builder = ClientBuilder::new(addr)
             .protocol(version)
             .keep_alive(Duration::from_secs(u64::from(self.keepalive)));
+        let url_tls = url.as_ref().is_some_and(|u| u.tls);
+        if let Some(tls) = self.tls.options(url_tls).map_err(Failure::Usage)? {
+            builder = builder.tls(tls);
+        }
 
         let id = match (&self.id, &self.id_prefix) {
             (Some(id), _) => Some(id.clone()),
@@ -374,6 +382,8 @@ pub fn parse_expiry(s: &str) -> Result<u32, String> {
 /// The parts of an `-L` URL.
 #[derive(Debug, PartialEq, Eq)]
 struct Url {
+    /// `mqtts://`.
+    tls: bool,
     host: String,
     port: u16,
     username: Option<String>,
@@ -381,12 +391,12 @@ struct Url {
     topic: String,
 }
 
-/// Parses `mqtt://[user[:password]@]host[:port]/topic`.
+/// Parses `mqtt://[user[:password]@]host[:port]/topic` (or `mqtts://`: TLS).
 fn parse_url(s: &str) -> Result<Url, String> {
-    const SHAPE: &str = "expected mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC";
-    let rest = match s.split_once("://") {
-        Some(("mqtt", rest)) => rest,
-        Some(("mqtts", _)) => return Err("mqtts:// (TLS) is not supported yet".into()),
+    const SHAPE: &str = "expected mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC (or mqtts://)";
+    let (tls, rest) = match s.split_once("://") {
+        Some(("mqtt", rest)) => (false, rest),
+        Some(("mqtts", rest)) => (true, rest),
         _ => return Err(SHAPE.into()),
     };
     let (authority, topic) = rest.split_once('/').ok_or(SHAPE)?;
@@ -420,9 +430,11 @@ fn parse_url(s: &str) -> Result<Url, String> {
         Some(p) => p
             .parse::<u16>()
             .map_err(|_| format!("invalid port {p:?}"))?,
+        None if tls => sagitta_client::DEFAULT_TLS_PORT,
         None => sagitta_client::DEFAULT_PORT,
     };
     Ok(Url {
+        tls,
         host: host.to_owned(),
         port,
         username,
@@ -463,6 +475,7 @@ mod tests {
         assert_eq!(
             parse_url("mqtt://alice:se:cret@broker.example:1884/a/b/c"),
             Ok(Url {
+                tls: false,
                 host: "broker.example".into(),
                 port: 1884,
                 username: Some("alice".into()),
@@ -477,7 +490,11 @@ mod tests {
             (u.username.as_deref(), u.password, u.topic.as_str()),
             (Some("bob"), None, "#")
         );
-        assert!(parse_url("mqtts://h/t").unwrap_err().contains("TLS"));
+        let u = parse_url("mqtts://h/t").unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "h", 8883));
+        let u = parse_url("mqtts://h:8884/t").unwrap();
+        assert_eq!((u.tls, u.port), (true, 8884));
+        assert!(!parse_url("mqtt://h/t").unwrap().tls);
         assert!(parse_url("mqtt://h").is_err());
         assert!(parse_url("mqtt://h/").is_err());
         assert!(parse_url("mqtt://:1/t").is_err());

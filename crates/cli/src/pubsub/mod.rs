@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - `common.rs`: the connection flags both share (`-h -p -L -i -I -u -P -k -V -c -x`, the
-//!   will, `-D`, `--quiet`), turned into a `ClientBuilder`; the exit codes and error type.
+//!   will, `-D`, `--quiet`, and the TLS flags of `crate::tls`), turned into a
+//!   `ClientBuilder`; the exit codes and error type.
 //! - `props.rs`: `-D command property value` (MQTT 5.0 properties).
 //! - `publish.rs`: `PubArgs`, `run_pub`.
 //! - `subscribe.rs`: `SubArgs`, `run_sub`.

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::common::{self, ConnArgs, EXIT_CODES_HELP, Failure, Tool};
 use super::props::PROPERTIES_HELP;
+use crate::tls::TLS_HELP;
 
 /// QoS 1/2 publishes awaited at most this far behind the newest, so that long runs keep
 /// many messages in flight (the client itself caps those unacknowledged at the broker's
@@ -38,8 +39,13 @@ Examples:
   sagitta pub -t s/1 -m '{{\"t\":21.5}}' -V 5 -D publish content-type application/json \\
               -D publish user-property origin lab
   sagitta pub -L mqtt://alice:secret@broker.example:1883/a/b -m hello
+  sagitta pub -h broker.example -p 8883 --cafile ca.pem -t a/b -m hello      TLS
+  sagitta pub -p 8883 --cafile ca.pem --cert me.pem --key me.key -t a -m hi  mutual TLS
+  sagitta pub -L mqtts://alice:secret@broker.example/a/b --cafile ca.pem -m hello
 
 {PROPERTIES_HELP}
+
+{TLS_HELP}
 
 {EXIT_CODES_HELP}"
     )

@@ -15,6 +15,7 @@ use sagitta_client::{
 use super::common::{self, ConnArgs, EXIT_CODES_HELP, Failure, Tool};
 use super::format::{FORMAT_HELP, Format};
 use super::props::PROPERTIES_HELP;
+use crate::tls::TLS_HELP;
 
 fn after_help() -> String {
     format!(
@@ -28,10 +29,14 @@ Examples:
   sagitta sub -t 'sensors/#' --remove-retained -W 1   clear retained messages
   sagitta sub -t jobs -q 1 -c -i worker-1             persistent session: no message lost
   sagitta sub -t 'jobs/#' -V 5 -D subscribe subscription-identifier 7 -F '%S %t'
+  sagitta sub -h broker.example -p 8883 --cafile ca.pem -t 'sensors/#' -v        TLS
+  sagitta sub -p 8883 --cafile ca.pem --cert me.pem --key me.key -t 'a/#'      mutual TLS
 
 {FORMAT_HELP}
 
 {PROPERTIES_HELP}
+
+{TLS_HELP}
 
 {EXIT_CODES_HELP}"
     )

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod pki;
+
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -85,6 +87,17 @@ pub struct BrokerSetup {
     /// A Mosquitto ACL file. Our broker has no ACLs yet: starting it with one fails the test,
     /// so a scenario that needs them must be skipped for it explicitly.
     pub mosquitto_acl: Option<String>,
+    /// Listen with TLS (instead of plain TCP).
+    pub tls: Option<TlsSetup>,
+}
+
+/// The TLS listener of a test broker: PEM files, and the CA client certificates must chain
+/// to (required when given).
+#[derive(Debug, Clone)]
+pub struct TlsSetup {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 impl BrokerSetup {
@@ -103,6 +116,12 @@ impl BrokerSetup {
     /// A Mosquitto ACL file's text.
     pub fn mosquitto_acl(mut self, acl: &str) -> Self {
         self.mosquitto_acl = Some(acl.to_owned());
+        self
+    }
+
+    /// A TLS listener instead of plain TCP.
+    pub fn tls(mut self, tls: TlsSetup) -> Self {
+        self.tls = Some(tls);
         self
     }
 }
@@ -212,6 +231,20 @@ impl Mosquitto {
                 let path = dir.join("acl");
                 std::fs::write(&path, acl).expect("write ACL file");
                 lines.push_str(&format!("acl_file {}\n", path.display()));
+            }
+            if let Some(tls) = &setup.tls {
+                // These lines follow the `listener` line: they make it a TLS listener.
+                lines.push_str(&format!(
+                    "certfile {}\nkeyfile {}\n",
+                    tls.cert.display(),
+                    tls.key.display()
+                ));
+                if let Some(ca) = &tls.client_ca {
+                    lines.push_str(&format!(
+                        "cafile {}\nrequire_certificate true\n",
+                        ca.display()
+                    ));
+                }
             }
             lines
         })
@@ -385,6 +418,19 @@ impl Sagitta {
         s
     }
 
+    /// Starts our broker set up as `setup` says, on `port` (e.g. the port of one killed
+    /// before, to replace it under the clients' feet).
+    pub fn start_on(port: u16, setup: &BrokerSetup) -> Self {
+        init_tracing();
+        let mut s = Self {
+            port,
+            setup: setup.clone(),
+            running: None,
+        };
+        s.start_again();
+        s
+    }
+
     /// `host:port` of the broker.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -403,9 +449,22 @@ impl Sagitta {
     pub fn start_again(&mut self) {
         self.kill();
         let defaults = sagitta_broker::Config::default().in_memory();
+        // Port 0 the first time; then the port we got, so clients find us again.
+        let bind = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let (listen, listeners) = match &self.setup.tls {
+            None => (vec![bind], Vec::new()),
+            Some(tls) => {
+                let mut listener = sagitta_broker::ListenerConfig::tls(bind, &tls.cert, &tls.key)
+                    .allow_anonymous(true);
+                if let Some(ca) = &tls.client_ca {
+                    listener = listener.client_ca(ca);
+                }
+                (Vec::new(), vec![listener])
+            }
+        };
         let config = sagitta_broker::Config {
-            // Port 0 the first time; then the port we got, so clients find us again.
-            listen: vec![std::net::SocketAddr::from(([127, 0, 0, 1], self.port))],
+            listen,
+            listeners,
             max_packet_size: self
                 .setup
                 .max_packet_size
