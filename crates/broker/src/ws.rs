@@ -462,7 +462,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         self.get_mut().poll_send(cx)
     }
 
-    /// Sends what is left, a close frame (normal closure), and shuts the socket down.
+    /// Sends what is left and a close frame (normal closure), waits for the client's close
+    /// frame, and shuts the socket down.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.close_queued {
@@ -483,6 +484,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         match ready!(Pin::new(&mut this.ws).poll_close(cx)) {
             Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {}
             Err(e) => return Poll::Ready(Err(io_error(e))),
+        }
+        // The closing handshake: the server closes the TCP connection once the client has
+        // answered with its close frame (RFC 6455 §7.1.1); a client still writing its own
+        // would otherwise meet a reset. What arrives meanwhile is dropped. The caller bounds
+        // the wait.
+        while !this.eof {
+            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => this.eof = true,
+            }
         }
         Pin::new(this.ws.get_mut()).poll_shutdown(cx)
     }
