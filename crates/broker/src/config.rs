@@ -733,7 +733,10 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         let c = Config::from_toml(&tables).unwrap();
-        assert_eq!(c.listeners.len(), 3);
+        assert_eq!(c.listeners.len(), 5);
+        assert_eq!(c.listeners[3].ws_path(), Some("/mqtt"));
+        assert_eq!(c.listeners[4].kind, ListenerKind::Wss);
+        assert!(c.listeners[4].tls_files().is_some());
         assert!(c.listen.is_empty() && c.listen_addrs().is_empty());
         let mtls = &c.listeners[2];
         assert_eq!(mtls.kind, ListenerKind::Tls);

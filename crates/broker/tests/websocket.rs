@@ -694,6 +694,52 @@ async fn wss_with_a_test_pki() {
     broker.shutdown().await;
 }
 
+/// `reload_tls` (SIGHUP) swaps the certificate of `wss` listeners too: new clients see the
+/// new one, a connection made before goes on.
+#[tokio::test]
+async fn wss_certificate_reload() {
+    let pki = Pki::new("wss-reload");
+    let (cert, key) = (pki.path("live.pem"), pki.path("live.key"));
+    std::fs::copy(pki.path("server.pem"), &cert).unwrap();
+    std::fs::copy(pki.path("server.key"), &key).unwrap();
+    let broker = start(vec![
+        ListenerConfig::wss(any(), &cert, &key).allow_anonymous(true),
+    ])
+    .await;
+    let addr = addr_of(&broker, ListenerKind::Wss);
+    let open = |ca: &'static str| {
+        let config = pki.client_config(ca, None);
+        async move {
+            let tls = tls_connect(addr, config).await?;
+            let (ws, p) = upgrade(tls, addr, "/mqtt", Some("mqtt"))
+                .await
+                .map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(WsPeer::new(ws, p, ProtocolVersion::V5))
+        }
+    };
+    let mut before = open("ca.pem").await.unwrap();
+    let ack = before
+        .connect_with(connect_packet(ProtocolVersion::V5, "before"))
+        .await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+
+    std::fs::copy(pki.path("server2.pem"), &cert).unwrap();
+    std::fs::copy(pki.path("server2.key"), &key).unwrap();
+    assert_eq!(broker.handle().reload_tls().unwrap(), 1);
+    assert!(
+        open("ca.pem").await.is_err(),
+        "the old CA no longer matches"
+    );
+    let mut after = open("other-ca.pem").await.unwrap();
+    let ack = after
+        .connect_with(connect_packet(ProtocolVersion::V5, "after"))
+        .await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    before.send(Packet::PingReq).await;
+    assert_eq!(before.recv().await, Packet::PingResp);
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn password_file_over_ws() {
     let dir = common_tls::temp_dir("ws-passwd");
