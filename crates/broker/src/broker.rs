@@ -636,12 +636,22 @@ impl Broker {
         limit: &Arc<Semaphore>,
     ) {
         let info = &listener.info;
-        let transport = match (info.kind, info.verifies_client_certificates) {
-            (ListenerKind::Tcp, _) => "mqtt over tcp",
-            (ListenerKind::Tls, false) => "mqtt over tls",
-            (ListenerKind::Tls, true) => "mqtt over tls, client certificates verified",
+        let transport = match info.kind {
+            ListenerKind::Tcp => "mqtt over tcp",
+            ListenerKind::Tls => "mqtt over tls",
+            ListenerKind::Ws => "mqtt over websocket",
+            ListenerKind::Wss => "mqtt over websocket over tls",
         };
-        info!(addr = %info.local_addr, name = %info.name, anonymous = info.allow_anonymous, "listening ({transport})");
+        let certs = if info.verifies_client_certificates {
+            ", client certificates verified"
+        } else {
+            ""
+        };
+        let path = listener
+            .ws_path()
+            .map(|p| format!(", path {p}"))
+            .unwrap_or_default();
+        info!(addr = %info.local_addr, name = %info.name, anonymous = info.allow_anonymous, "listening ({transport}{path}{certs})");
         self.local_addrs.push(info.local_addr);
         self.listeners.push(info.clone());
         self.shared.tracker.spawn(crate::listener::accept_loop(

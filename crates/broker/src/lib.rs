@@ -1,6 +1,7 @@
 //! # sagitta-broker
 //!
-//! The Sagitta MQTT broker as a library: MQTT 3.1, 3.1.1 and 5.0 over TCP and TLS.
+//! The Sagitta MQTT broker as a library: MQTT 3.1, 3.1.1 and 5.0 over TCP, TLS,
+//! WebSocket and WebSocket over TLS.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), sagitta_broker::BrokerError> {
@@ -11,10 +12,12 @@
 //!
 //! ## Layout
 //! - [`broker`]: [`Broker`] (start, listeners, shutdown, `$SYS`) and the state its tasks share.
-//! - [`listener`]: typed listeners (TCP, TLS), their accept loops and per-listener
+//! - [`listener`]: typed listeners (TCP, TLS, WS, WSS), their accept loops and per-listener
 //!   authentication ([`ListenerInfo`] is what authenticators see of them).
 //! - [`tls`]: PEM files to a rustls server configuration (mTLS, reload) and the identity of
 //!   client certificates.
+//! - `ws`: the WebSocket upgrade (path, subprotocol) and the adapter that makes a WebSocket a
+//!   byte stream for `connection`.
 //! - `connection`: one task per client; the only code that reads and writes MQTT on a socket.
 //! - `session`: the session registry, each session's bounded mailbox and protocol state.
 //! - `router`: the subscription tree (wildcards, shared groups, No Local, overlap merging).
@@ -54,6 +57,7 @@ mod session;
 pub mod store;
 mod sys;
 pub mod tls;
+mod ws;
 
 pub use acl::{Acl, AclError, Action, Authorizer};
 pub use auth::{AllowAll, AuthExchange, AuthMethod, AuthStep, Authenticator, ConnectInfo};
