@@ -883,6 +883,21 @@ mod tests {
     }
 
     #[test]
+    fn example_http_table_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text.find("# [http]\n").unwrap();
+        let table: String = text[start..]
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let http = Config::from_toml(&table).unwrap().http.unwrap();
+        assert_eq!(http.bind, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(http.token.as_deref(), Some("change-me"));
+    }
+
+    #[test]
     fn http_table_defaults_and_token_rules() {
         assert!(Config::default().http.is_none());
         let c = Config::from_toml("[http]\n").unwrap();
