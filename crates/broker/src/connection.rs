@@ -810,8 +810,9 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// Another connection claims the session, or an operator ends the connection. A DISCONNECT the client already sent still
-    /// counts [MQTT-3.1.2-10]: take in what is readable now, without waiting, first.
+    /// Another connection claims the session, or an operator ends the connection. A
+    /// DISCONNECT the client already sent still counts [MQTT-3.1.2-10]: take in what is
+    /// readable now, without waiting, first.
     async fn taken_over(&mut self) -> Close {
         for _ in 0..8 {
             match tokio::time::timeout(Duration::ZERO, self.io.read()).await {
