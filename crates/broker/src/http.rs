@@ -373,12 +373,12 @@ impl Query {
 }
 
 impl HttpState {
-    /// Whether the request carries the bearer token (or none is needed).
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
+    /// Whether the request's headers carry the bearer token (or none is needed).
+    fn authorized(&self, headers: &hyper::HeaderMap) -> bool {
         let Some(want) = &self.token else {
             return true;
         };
-        let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
             return false;
         };
         let given = value
@@ -447,7 +447,7 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
         }
         _ => {}
     }
-    if !state.authorized(&req) {
+    if !state.authorized(req.headers()) {
         return error(ApiError {
             status: 401,
             message: "missing or wrong bearer token (Authorization: Bearer <token>)".into(),
@@ -567,6 +567,52 @@ mod tests {
         assert_eq!(Route::parse("/api/v1/clients/%zz").unwrap_err().status, 400);
         assert_eq!(Route::parse("/api/v1/clients/%ff").unwrap_err().status, 400);
         assert_eq!(Route::parse("/api/v1/clients/%4").unwrap_err().status, 400);
+    }
+
+    fn state(token: Option<&str>) -> HttpState {
+        HttpState {
+            token: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            shared: OnceLock::new(),
+            phase: AtomicU8::new(Phase::OpeningStore as u8),
+            body_limit: 1024,
+        }
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let headers = |value: Option<&'static str>| {
+            let mut h = hyper::HeaderMap::new();
+            if let Some(v) = value {
+                h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert!(state(None).authorized(&headers(None)));
+        let s = state(Some("s3cret"));
+        assert!(s.authorized(&headers(Some("Bearer s3cret"))));
+        assert!(s.authorized(&headers(Some("bearer s3cret"))));
+        for wrong in [
+            None,
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret2"),
+            Some("Basic s3cret"),
+            Some("s3cret"),
+            Some("Bearer"),
+        ] {
+            assert!(!s.authorized(&headers(wrong)), "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn readiness_follows_the_start() {
+        let s = state(None);
+        let (status, body) = s.readiness();
+        assert_eq!(status, 503);
+        assert_eq!(body["reason"], "starting: opening the store");
+        s.phase.store(Phase::Restoring as u8, Ordering::Release);
+        assert_eq!(s.readiness().0, 503);
+        s.phase.store(Phase::Ready as u8, Ordering::Release);
+        assert_eq!(s.readiness(), (200, json!({"status": "ready"})));
     }
 
     #[test]

@@ -310,6 +310,24 @@ async fn health_ready_and_shutdown() {
     assert!(TcpStream::connect(http).await.is_err(), "HTTP still open");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_http_connections_leaves_mqtt_alone() {
+    let (b, http) = http_broker().await;
+    // More connections than the HTTP server serves at once, none sending anything.
+    let mut idle = Vec::new();
+    for _ in 0..48 {
+        idle.push(TcpStream::connect(http).await.unwrap());
+    }
+    let mut s = Peer::connect(addr(&b), V5, "s").await;
+    s.subscribe("t", QoS::AtLeastOnce).await;
+    let mut p = Peer::connect(addr(&b), V3_1_1, "p").await;
+    p.publish("t", "still here", QoS::AtLeastOnce, false).await;
+    assert_eq!(&s.recv_publish().await.payload[..], b"still here");
+    drop(idle);
+    assert_eq!(get(http, "/health").await.status, 200);
+    b.shutdown().await;
+}
+
 // --- clients --------------------------------------------------------------------------
 
 fn persistent(version: ProtocolVersion, id: &str) -> Connect {
