@@ -21,6 +21,7 @@ use crate::broker::Shared;
 use crate::message::Message;
 use crate::metrics::{HistogramSnapshot, Metrics, Refused};
 use crate::session::{KickReason, NEVER_EXPIRES, SessionEntry};
+use crate::store::SyncMode;
 
 /// An error answer: an HTTP status and a message for `{"error": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,8 +326,31 @@ pub(crate) fn list_retained(shared: &Shared, filter: &str, limit: usize) -> ApiR
     }))
 }
 
+/// With `sync = "always"`, waits until what was submitted to the store so far is on disk, as
+/// a client's acknowledgement would: the answer then means what a PUBACK means.
+async fn durable(shared: &Shared) -> Result<(), ApiError> {
+    let Some(store) = shared
+        .store
+        .as_ref()
+        .filter(|s| s.mode() == SyncMode::Always)
+    else {
+        return Ok(());
+    };
+    let ticket = store.submitted();
+    let mut durable = store.durable();
+    while *durable.borrow_and_update() < ticket {
+        if store.failed() || durable.changed().await.is_err() {
+            break;
+        }
+    }
+    if store.failed() {
+        return Err(ApiError::unavailable("the store cannot be written"));
+    }
+    Ok(())
+}
+
 /// `DELETE /api/v1/retained`: deletes the retained message of one topic, from the store too.
-pub(crate) fn delete_retained(shared: &Shared, topic: &str) -> ApiResult {
+pub(crate) async fn delete_retained(shared: &Shared, topic: &str) -> ApiResult {
     if shared.shutdown.is_cancelled() {
         return Err(ApiError::unavailable("the broker is shutting down"));
     }
@@ -338,6 +362,7 @@ pub(crate) fn delete_retained(shared: &Shared, topic: &str) -> ApiResult {
         )));
     }
     tracing::info!(topic, "retained message deleted by an operator");
+    durable(shared).await?;
     Ok(json!({ "topic": topic, "deleted": true }))
 }
 
@@ -373,8 +398,9 @@ pub(crate) enum Encoding {
 
 /// `POST /api/v1/publish`: publishes a message as the broker (no client origin), through
 /// the normal routing: retained store, persistent sessions, the store. The ACL does not
-/// apply; the broker's own limits (QoS, retain, topic levels, packet size) do.
-pub(crate) fn publish(shared: &Shared, body: &[u8]) -> ApiResult {
+/// apply; the broker's own limits (QoS, retain, topic levels, packet size) do. With
+/// `sync = "always"` it answers once what the message wrote to the store is on disk.
+pub(crate) async fn publish(shared: &Shared, body: &[u8]) -> ApiResult {
     if shared.shutdown.is_cancelled() {
         return Err(ApiError::unavailable("the broker is shutting down"));
     }
@@ -436,7 +462,11 @@ pub(crate) fn publish(shared: &Shared, body: &[u8]) -> ApiResult {
     msg.properties = Message::boxed_properties(properties);
     let topic = msg.topic.as_str().to_owned();
     let routed = shared.publish(Arc::new(msg), &mut Vec::new());
+    // Closed before waiting: the writer takes nothing of an open group.
     drop(routed.group);
+    if routed.stored {
+        durable(shared).await?;
+    }
     tracing::debug!(topic, "message published by an operator");
     Ok(json!({ "topic": topic, "queued_for": routed.queued }))
 }

@@ -506,7 +506,7 @@ async fn api(
             let topic = query
                 .get("topic")
                 .ok_or_else(|| ApiError::bad_request("topic: required (an exact topic name)"))?;
-            result(admin::delete_retained(shared, topic))
+            result(admin::delete_retained(shared, topic).await)
         }
         Route::Retained => {
             let filter = query.get("topic").unwrap_or("#").to_owned();
@@ -515,7 +515,7 @@ async fn api(
         }
         Route::Publish => {
             let body = read_body(state, req).await?;
-            result(admin::publish(shared, &body))
+            result(admin::publish(shared, &body).await)
         }
         Route::Health | Route::Ready => error(ApiError::not_found("no such endpoint")),
     })

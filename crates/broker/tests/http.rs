@@ -718,6 +718,28 @@ async fn publish_through_the_api_reaches_subscribers_and_the_retained_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sync_always_a_publish_is_answered_once_on_disk() {
+    let dir = temp_dir("always");
+    let mut config = http_config().data_dir(&dir.0);
+    config.sync = sagitta_broker::SyncMode::Always;
+    let b = broker_with(config).await;
+    let http = b.http_addr().unwrap();
+    let m = scrape(http).await;
+    let syncs = m["sagitta_store_sync_seconds_count"];
+    let body = json!({"topic": "kept", "payload": "1", "qos": 1, "retain": true}).to_string();
+    let r = request(http, "POST", "/api/v1/publish", None, Some(&body)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Answered after the sync that made it durable.
+    let m = scrape(http).await;
+    assert!(m["sagitta_store_sync_seconds_count"] > syncs);
+    let r = request(http, "DELETE", "/api/v1/retained?topic=kept", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m2 = scrape(http).await;
+    assert!(m2["sagitta_store_sync_seconds_count"] > m["sagitta_store_sync_seconds_count"]);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_are_bounded() {
     let mut config = http_config();
     config.max_packet_size = 1024;
