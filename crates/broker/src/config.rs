@@ -377,6 +377,53 @@ pub struct Config {
     pub sync: SyncMode,
     /// Milliseconds between syncs with `sync = "periodic"`. Default 100.
     pub sync_interval_ms: u64,
+    /// The operators' HTTP listener (`[http]` table): Prometheus metrics, health and
+    /// readiness, and the admin API. Absent by default: no HTTP listener.
+    pub http: Option<HttpConfig>,
+}
+
+/// The `[http]` table: where the operators' HTTP listener binds, and the bearer token its
+/// endpoints (all but `/health` and `/ready`) require.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port. Default `127.0.0.1:8080`.
+    pub bind: SocketAddr,
+    /// When set, every endpoint except `/health` and `/ready` requires the header
+    /// `Authorization: Bearer <token>`. Required when `bind` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// An HTTP listener on `bind`, without a token.
+    pub fn new(bind: SocketAddr) -> Self {
+        Self { bind, token: None }
+    }
+
+    /// Sets the bearer token (builder style).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+}
+
+/// The token is not shown.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -411,6 +458,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             sync: SyncMode::Periodic,
             sync_interval_ms: 100,
+            http: None,
         }
     }
 }
@@ -499,6 +547,28 @@ impl Config {
         }
         if self.connect_timeout == 0 {
             return invalid("connect_timeout", "must be at least 1 second");
+        }
+        if let Some(http) = &self.http {
+            match &http.token {
+                Some(t) if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                    return invalid(
+                        "http.token",
+                        "must be printable ASCII without spaces, and not empty",
+                    );
+                }
+                None if !http.bind.ip().is_loopback() => {
+                    return Err(ConfigError::Invalid {
+                        key: "http.token",
+                        message: format!(
+                            "required because `http.bind` ({}) is not a loopback address: \
+                             the admin API could be reached from the network (set a token, or \
+                             bind to 127.0.0.1)",
+                            http.bind
+                        ),
+                    });
+                }
+                _ => {}
+            }
         }
         for (i, l) in self.listeners.iter().enumerate() {
             self.validate_listener(i + 1, l, true)?;
@@ -662,6 +732,12 @@ impl Config {
     /// Sets the listen addresses (builder style).
     pub fn listen(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.listen = addrs.into_iter().collect();
+        self
+    }
+
+    /// Serves the operators' HTTP endpoints (builder style).
+    pub fn http(mut self, http: HttpConfig) -> Self {
+        self.http = Some(http);
         self
     }
 
@@ -944,6 +1020,53 @@ mod tests {
              [[listener]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1\"\npassword_file = \"p\"\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn example_http_table_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text.find("# [http]\n").unwrap();
+        let table: String = text[start..]
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let http = Config::from_toml(&table).unwrap().http.unwrap();
+        assert_eq!(http.bind, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(http.token.as_deref(), Some("change-me"));
+    }
+
+    #[test]
+    fn http_table_defaults_and_token_rules() {
+        assert!(Config::default().http.is_none());
+        let c = Config::from_toml("[http]\n").unwrap();
+        let http = c.http.unwrap();
+        assert_eq!(http.bind, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert!(http.token.is_none());
+        let c = Config::from_toml("[http]\nbind = \"[::1]:9000\"\n").unwrap();
+        assert_eq!(c.http.unwrap().bind.port(), 9000);
+        let e = Config::from_toml("[http]\nbind = \"0.0.0.0:8080\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http.token") && e.contains("0.0.0.0:8080"),
+            "{e}"
+        );
+        let c = Config::from_toml("[http]\nbind = \"0.0.0.0:8080\"\ntoken = \"s3cret\"\n").unwrap();
+        let http = c.http.unwrap();
+        assert_eq!(http.token.as_deref(), Some("s3cret"));
+        assert!(!format!("{http:?}").contains("s3cret"));
+        for bad in ["\"\"", "\"a b\""] {
+            let e = Config::from_toml(&format!("[http]\ntoken = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("http.token"), "{e}");
+        }
+        let e = Config::from_toml("[http]\nport = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

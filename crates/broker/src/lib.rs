@@ -27,7 +27,10 @@
 //! - [`auth`]: the [`Authenticator`] trait authentication plugs into.
 //! - [`acl`]: [`Acl`], who may publish, subscribe and receive where (`acl_file`).
 //! - [`password`]: [`PasswordFile`], Mosquitto-compatible password-file authentication.
-//! - [`metrics`]: broker-wide counters.
+//! - [`metrics`]: broker-wide counters and histograms.
+//! - `http`: the operators' HTTP listener (`[http]`: Prometheus metrics, health, readiness)
+//!   over `admin`, the admin API's operations (clients, subscriptions, retained messages,
+//!   publish) as plain functions returning JSON.
 //! - [`store`]: persistence of retained messages and persistent sessions (the [`store::Backend`]
 //!   trait and its redb implementation, group commit, restart recovery).
 //!
@@ -38,12 +41,14 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+mod admin;
 pub mod auth;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod broker;
 pub mod config;
 mod connection;
+mod http;
 mod limits;
 pub mod listener;
 pub mod message;
@@ -62,7 +67,7 @@ mod ws;
 pub use acl::{Acl, AclError, Action, Authorizer};
 pub use auth::{AllowAll, AuthExchange, AuthMethod, AuthStep, Authenticator, ConnectInfo};
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
-pub use config::{Config, ConfigError, ListenerConfig, ListenerKind};
+pub use config::{Config, ConfigError, HttpConfig, ListenerConfig, ListenerKind};
 pub use listener::ListenerInfo;
 pub use message::Message;
 pub use metrics::Metrics;

@@ -20,6 +20,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use crate::auth::{AuthMethod, Authenticator, ConnectInfo};
 use crate::broker::{BrokerError, Shared};
 use crate::config::{Config, EffectiveListener, ListenerKind};
+use crate::metrics::Refused;
 use crate::password::PasswordFile;
 use crate::reload::FileBacked;
 use crate::scram::ScramSha256;
@@ -309,10 +310,12 @@ pub(crate) async fn accept_loop(
             }
         };
         if !shared.admit_connection() {
+            shared.metrics.refused(Refused::Rate);
             continue;
         }
         let Ok(global) = limit.clone().try_acquire_owned() else {
             warn!(%peer, max = shared.config.max_connections, "connection limit reached, refusing");
+            shared.metrics.refused(Refused::Limit);
             continue;
         };
         let own = match &listener.limit {
@@ -321,6 +324,7 @@ pub(crate) async fn accept_loop(
                 Ok(p) => Some(p),
                 Err(_) => {
                     warn!(%peer, listener = %listener.info.name, max, "listener connection limit reached, refusing");
+                    shared.metrics.refused(Refused::Limit);
                     continue;
                 }
             },
@@ -413,10 +417,12 @@ async fn tls_handshake(
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             span.in_scope(|| info!(error = %e, "TLS handshake failed"));
+            shared.metrics.refused(Refused::Tls);
             return None;
         }
         Err(_) => {
             span.in_scope(|| debug!("no TLS handshake within the connect timeout"));
+            shared.metrics.refused(Refused::Timeout);
             return None;
         }
     };
