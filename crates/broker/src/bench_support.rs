@@ -129,6 +129,7 @@ pub fn populate_store(
             retain: false,
             sub_ids: Vec::new(),
             seq: store.next_id(),
+            timed: false,
         };
         store.queued(&id, &d, body);
         if let Some(op) = store.release_body(&d.msg) {

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::acl::{Acl, Action, Authorizer};
 use crate::auth::{AuthMethod, Authenticator};
 use crate::config::{Config, ConfigError, ListenerKind};
+use crate::http::HttpServer;
 use crate::limits::TokenBucket;
 use crate::listener::{Listener, ListenerInfo, Prepared};
 use crate::message::{Delivery, Message};
@@ -129,6 +130,7 @@ impl Shared {
                 retain: msg.retain && t.retain_as_published,
                 sub_ids: t.sub_ids,
                 seq: 0,
+                timed: msg.received_at.is_some(),
             };
             match self.offer(&t.session, delivery, &mut hold) {
                 Enqueued::Queued => routed.queued += 1,
@@ -211,6 +213,7 @@ impl Shared {
         state.subscriptions.clear();
         let in_flight: Vec<Delivery> = state.outbound.drain().map(|(_, _, d)| d).collect();
         let queued = entry.clear_queue();
+        entry.set_inflight(0);
         state.inbound.clear();
         state.restored_qos2 = Vec::new();
         state.exists = false;
@@ -352,6 +355,17 @@ impl BrokerBuilder {
             self.config.validate()?;
         }
         let (prepared, passwords) = crate::listener::prepare(&self.config, custom, &self.methods)?;
+        // First, so that `/health` answers and `/ready` says why not yet while the store is
+        // read. Dropped (stopped) if the start fails.
+        let http = match &self.config.http {
+            Some(h) => Some(HttpServer::start(h, &self.config).await.map_err(|source| {
+                BrokerError::Bind {
+                    addr: format!("{} (http)", h.bind),
+                    source,
+                }
+            })?),
+            None => None,
+        };
         let mut files = AuthFiles {
             passwords,
             acl: None,
@@ -385,6 +399,9 @@ impl BrokerBuilder {
         // broker.
         let (store, snapshot) = store.unzip();
         let shared = Broker::shared(self.config, store, acl);
+        if let Some(h) = &http {
+            h.attach(shared.clone());
+        }
         if let Some(snapshot) = snapshot {
             crate::store::restore(&shared, snapshot);
         }
@@ -404,6 +421,10 @@ impl BrokerBuilder {
         }
         let mut broker = Broker::serve(shared, bound);
         broker.files = Arc::new(files);
+        if let Some(h) = &http {
+            h.ready();
+        }
+        broker.http = http;
         Ok(broker)
     }
 }
@@ -439,6 +460,8 @@ pub struct Broker {
     listeners: Vec<ListenerInfo>,
     tls: Arc<[Arc<TlsState>]>,
     files: Arc<AuthFiles>,
+    /// The operators' HTTP listener, if configured.
+    http: Option<HttpServer>,
 }
 
 /// A cheap handle that can stop the broker, or reload its TLS certificates, from anywhere.
@@ -546,6 +569,7 @@ impl Broker {
             listeners: Vec::new(),
             tls: Arc::from(Vec::new()),
             files: Arc::default(),
+            http: None,
         };
         let limit = Arc::new(Semaphore::new(broker.shared.config.max_connections));
         broker.run_listener(listener, Arc::new(info), None, &limit);
@@ -611,6 +635,7 @@ impl Broker {
             listeners: Vec::new(),
             tls: Arc::from(Vec::new()),
             files: Arc::default(),
+            http: None,
         };
         let limit = Arc::new(Semaphore::new(broker.shared.config.max_connections));
         let mut tls_states = Vec::new();
@@ -636,12 +661,22 @@ impl Broker {
         limit: &Arc<Semaphore>,
     ) {
         let info = &listener.info;
-        let transport = match (info.kind, info.verifies_client_certificates) {
-            (ListenerKind::Tcp, _) => "mqtt over tcp",
-            (ListenerKind::Tls, false) => "mqtt over tls",
-            (ListenerKind::Tls, true) => "mqtt over tls, client certificates verified",
+        let transport = match info.kind {
+            ListenerKind::Tcp => "mqtt over tcp",
+            ListenerKind::Tls => "mqtt over tls",
+            ListenerKind::Ws => "mqtt over websocket",
+            ListenerKind::Wss => "mqtt over websocket over tls",
         };
-        info!(addr = %info.local_addr, name = %info.name, anonymous = info.allow_anonymous, "listening ({transport})");
+        let certs = if info.verifies_client_certificates {
+            ", client certificates verified"
+        } else {
+            ""
+        };
+        let path = listener
+            .ws_path()
+            .map(|p| format!(", path {p}"))
+            .unwrap_or_default();
+        info!(addr = %info.local_addr, name = %info.name, anonymous = info.allow_anonymous, "listening ({transport}{path}{certs})");
         self.local_addrs.push(info.local_addr);
         self.listeners.push(info.clone());
         self.shared.tracker.spawn(crate::listener::accept_loop(
@@ -665,6 +700,11 @@ impl Broker {
     /// `[[listener]]` tables, in configuration order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The address of the HTTP listener (`[http]`), if there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::local_addr)
     }
 
     /// The listeners, in the order of [`Broker::local_addrs`].
@@ -709,6 +749,10 @@ impl Broker {
             if closing.await.is_err() {
                 tracing::error!("closing the store failed");
             }
+        }
+        // Last: `/ready` answered 503 while the broker drained.
+        if let Some(http) = self.http {
+            http.stop().await;
         }
         info!("broker stopped");
     }

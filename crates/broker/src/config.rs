@@ -54,6 +54,22 @@ pub enum ListenerKind {
     Tcp,
     /// MQTT over TLS 1.2 / 1.3 (rustls).
     Tls,
+    /// MQTT over WebSocket (binary frames, subprotocol `mqtt`).
+    Ws,
+    /// MQTT over WebSocket over TLS: the TLS settings of `tls`.
+    Wss,
+}
+
+impl ListenerKind {
+    /// Whether the transport runs TLS (`tls`, `wss`).
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+
+    /// Whether the transport is a WebSocket (`ws`, `wss`).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
 }
 
 impl std::fmt::Display for ListenerKind {
@@ -61,6 +77,8 @@ impl std::fmt::Display for ListenerKind {
         f.write_str(match self {
             ListenerKind::Tcp => "tcp",
             ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
         })
     }
 }
@@ -74,7 +92,7 @@ impl std::fmt::Display for ListenerKind {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// `tcp` or `tls`.
+    /// `tcp`, `tls`, `ws` or `wss`.
     #[serde(rename = "type")]
     pub kind: ListenerKind,
     /// Address and port to listen on.
@@ -82,10 +100,11 @@ pub struct ListenerConfig {
     /// Name in logs and for authenticators. Default: `<type>://<address>`.
     #[serde(default)]
     pub name: Option<String>,
-    /// TLS: PEM certificate chain, the server's certificate first. Required for `tls`.
+    /// TLS: PEM certificate chain, the server's certificate first. Required for `tls` and
+    /// `wss`.
     #[serde(default)]
     pub cert: Option<PathBuf>,
-    /// TLS: PEM private key (PKCS#8, PKCS#1 or SEC1). Required for `tls`.
+    /// TLS: PEM private key (PKCS#8, PKCS#1 or SEC1). Required for `tls` and `wss`.
     #[serde(default)]
     pub key: Option<PathBuf>,
     /// TLS: PEM bundle of CAs; clients must present a certificate that chains to one of
@@ -116,7 +135,14 @@ pub struct ListenerConfig {
     /// `max_connections`). Absent: only the global limit.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// WebSocket (`ws`, `wss`): the HTTP path of the upgrade request. Requests for other
+    /// paths get HTTP 404. Absent: `/mqtt`.
+    #[serde(default)]
+    pub path: Option<String>,
 }
+
+/// The HTTP path WebSocket listeners upgrade at unless `path` says otherwise.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
 
 impl ListenerConfig {
     /// A plain TCP listener on `bind`.
@@ -134,6 +160,7 @@ impl ListenerConfig {
             allow_anonymous: None,
             password_file: None,
             max_connections: None,
+            path: None,
         }
     }
 
@@ -145,6 +172,29 @@ impl ListenerConfig {
             key: Some(key.into()),
             ..Self::tcp(bind)
         }
+    }
+
+    /// A WebSocket listener on `bind` (path `/mqtt` unless [`ListenerConfig::path`] says
+    /// otherwise).
+    pub fn ws(bind: SocketAddr) -> Self {
+        Self {
+            kind: ListenerKind::Ws,
+            ..Self::tcp(bind)
+        }
+    }
+
+    /// A WebSocket-over-TLS listener on `bind` with a PEM certificate chain and key.
+    pub fn wss(bind: SocketAddr, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            kind: ListenerKind::Wss,
+            ..Self::tls(bind, cert, key)
+        }
+    }
+
+    /// Sets the WebSocket path (builder style).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
     }
 
     /// Verifies client certificates against a PEM CA bundle (builder style).
@@ -189,10 +239,10 @@ impl ListenerConfig {
         self
     }
 
-    /// The TLS files, for a `tls` listener with `cert` and `key`.
+    /// The TLS files, for a `tls` or `wss` listener with `cert` and `key`.
     pub fn tls_files(&self) -> Option<TlsFiles> {
-        match (self.kind, &self.cert, &self.key) {
-            (ListenerKind::Tls, Some(cert), Some(key)) => Some(TlsFiles {
+        match (self.kind.is_tls(), &self.cert, &self.key) {
+            (true, Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: self.client_ca.clone(),
@@ -201,6 +251,13 @@ impl ListenerConfig {
             }),
             _ => None,
         }
+    }
+
+    /// The HTTP path of a `ws` or `wss` listener (`path`, else `/mqtt`).
+    pub fn ws_path(&self) -> Option<&str> {
+        self.kind
+            .is_websocket()
+            .then(|| self.path.as_deref().unwrap_or(DEFAULT_WS_PATH))
     }
 }
 
@@ -217,6 +274,8 @@ pub(crate) struct EffectiveListener {
     pub password_file: Option<PathBuf>,
     pub use_identity_as_username: bool,
     pub max_connections: Option<usize>,
+    /// The HTTP path of a WebSocket listener.
+    pub ws_path: Option<String>,
 }
 
 /// Broker settings. Every field has a default; see `sagitta.example.toml`.
@@ -227,7 +286,8 @@ pub struct Config {
     /// `allow_anonymous`. Empty by default; when both this and `listeners` are empty the
     /// broker listens on `127.0.0.1:1883`.
     pub listen: Vec<SocketAddr>,
-    /// Typed listeners (`[[listener]]` tables in TOML): TCP or TLS, each with its own
+    /// Typed listeners (`[[listener]]` tables in TOML): TCP, TLS, WebSocket or WebSocket over
+    /// TLS, each with its own
     /// authentication settings. Unlike `listen`, they refuse anonymous clients unless
     /// `allow_anonymous` is true (on the table or globally).
     #[serde(rename = "listener")]
@@ -317,6 +377,53 @@ pub struct Config {
     pub sync: SyncMode,
     /// Milliseconds between syncs with `sync = "periodic"`. Default 100.
     pub sync_interval_ms: u64,
+    /// The operators' HTTP listener (`[http]` table): Prometheus metrics, health and
+    /// readiness, and the admin API. Absent by default: no HTTP listener.
+    pub http: Option<HttpConfig>,
+}
+
+/// The `[http]` table: where the operators' HTTP listener binds, and the bearer token its
+/// endpoints (all but `/health` and `/ready`) require.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port. Default `127.0.0.1:8080`.
+    pub bind: SocketAddr,
+    /// When set, every endpoint except `/health` and `/ready` requires the header
+    /// `Authorization: Bearer <token>`. Required when `bind` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// An HTTP listener on `bind`, without a token.
+    pub fn new(bind: SocketAddr) -> Self {
+        Self { bind, token: None }
+    }
+
+    /// Sets the bearer token (builder style).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+}
+
+/// The token is not shown.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -351,6 +458,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             sync: SyncMode::Periodic,
             sync_interval_ms: 100,
+            http: None,
         }
     }
 }
@@ -440,6 +548,28 @@ impl Config {
         if self.connect_timeout == 0 {
             return invalid("connect_timeout", "must be at least 1 second");
         }
+        if let Some(http) = &self.http {
+            match &http.token {
+                Some(t) if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                    return invalid(
+                        "http.token",
+                        "must be printable ASCII without spaces, and not empty",
+                    );
+                }
+                None if !http.bind.ip().is_loopback() => {
+                    return Err(ConfigError::Invalid {
+                        key: "http.token",
+                        message: format!(
+                            "required because `http.bind` ({}) is not a loopback address: \
+                             the admin API could be reached from the network (set a token, or \
+                             bind to 127.0.0.1)",
+                            http.bind
+                        ),
+                    });
+                }
+                _ => {}
+            }
+        }
         for (i, l) in self.listeners.iter().enumerate() {
             self.validate_listener(i + 1, l, true)?;
         }
@@ -473,30 +603,37 @@ impl Config {
                 message: message.to_owned(),
             })
         };
-        match l.kind {
-            ListenerKind::Tls => {
-                if l.cert.is_none() {
-                    return invalid(
-                        "cert",
-                        "required for type = \"tls\" (PEM certificate chain)",
-                    );
-                }
-                if l.key.is_none() {
-                    return invalid("key", "required for type = \"tls\" (PEM private key)");
-                }
+        if l.kind.is_tls() {
+            if l.cert.is_none() {
+                let message = format!("required for type = \"{}\" (PEM certificate chain)", l.kind);
+                return invalid("cert", &message);
             }
-            ListenerKind::Tcp => {
-                let tls_only = [
-                    ("cert", l.cert.is_some()),
-                    ("key", l.key.is_some()),
-                    ("client_ca", l.client_ca.is_some()),
-                    ("require_client_cert", l.require_client_cert.is_some()),
-                    ("crl_file", l.crl_file.is_some()),
-                    ("use_identity_as_username", l.use_identity_as_username),
-                ];
-                if let Some((key, _)) = tls_only.into_iter().find(|(_, set)| *set) {
-                    return invalid(key, "only for type = \"tls\"");
-                }
+            if l.key.is_none() {
+                let message = format!("required for type = \"{}\" (PEM private key)", l.kind);
+                return invalid("key", &message);
+            }
+        } else {
+            let tls_only = [
+                ("cert", l.cert.is_some()),
+                ("key", l.key.is_some()),
+                ("client_ca", l.client_ca.is_some()),
+                ("require_client_cert", l.require_client_cert.is_some()),
+                ("crl_file", l.crl_file.is_some()),
+                ("use_identity_as_username", l.use_identity_as_username),
+            ];
+            if let Some((key, _)) = tls_only.into_iter().find(|(_, set)| *set) {
+                return invalid(key, "only for type = \"tls\" or \"wss\"");
+            }
+        }
+        if let Some(path) = &l.path {
+            if !l.kind.is_websocket() {
+                return invalid("path", "only for type = \"ws\" or \"wss\"");
+            }
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c == '?') {
+                return invalid(
+                    "path",
+                    "must start with `/` and hold no spaces or query (e.g. \"/mqtt\")",
+                );
             }
         }
         if l.client_ca.is_none() {
@@ -568,6 +705,7 @@ impl Config {
             },
             use_identity_as_username: l.use_identity_as_username,
             max_connections: l.max_connections,
+            ws_path: l.ws_path().map(str::to_owned),
         }
     }
 
@@ -585,6 +723,7 @@ impl Config {
                 password_file: self.password_file.clone(),
                 use_identity_as_username: false,
                 max_connections: None,
+                ws_path: None,
             });
         let typed = self.listeners.iter().map(|l| self.effective(l));
         plain.chain(typed).collect()
@@ -593,6 +732,12 @@ impl Config {
     /// Sets the listen addresses (builder style).
     pub fn listen(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.listen = addrs.into_iter().collect();
+        self
+    }
+
+    /// Serves the operators' HTTP endpoints (builder style).
+    pub fn http(mut self, http: HttpConfig) -> Self {
+        self.http = Some(http);
         self
     }
 
@@ -664,7 +809,10 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         let c = Config::from_toml(&tables).unwrap();
-        assert_eq!(c.listeners.len(), 3);
+        assert_eq!(c.listeners.len(), 5);
+        assert_eq!(c.listeners[3].ws_path(), Some("/mqtt"));
+        assert_eq!(c.listeners[4].kind, ListenerKind::Wss);
+        assert!(c.listeners[4].tls_files().is_some());
         assert!(c.listen.is_empty() && c.listen_addrs().is_empty());
         let mtls = &c.listeners[2];
         assert_eq!(mtls.kind, ListenerKind::Tls);
@@ -797,6 +945,74 @@ mod tests {
     }
 
     #[test]
+    fn websocket_listeners() {
+        let c = Config::from_toml(
+            "[[listener]]\ntype = \"ws\"\nbind = \"127.0.0.1:8080\"\nallow_anonymous = true\n\
+             [[listener]]\ntype = \"ws\"\nbind = \"127.0.0.1:8081\"\npath = \"/\"\n\
+             allow_anonymous = true\n\
+             [[listener]]\ntype = \"wss\"\nbind = \"127.0.0.1:8443\"\ncert = \"c\"\nkey = \"k\"\n\
+             client_ca = \"a\"\nuse_identity_as_username = true\npath = \"/mqtt/v1\"\n",
+        )
+        .unwrap();
+        let all = c.effective_listeners();
+        assert_eq!(all[0].kind, ListenerKind::Ws);
+        assert_eq!(all[0].ws_path.as_deref(), Some("/mqtt"));
+        assert!(all[0].tls.is_none());
+        assert_eq!(all[1].ws_path.as_deref(), Some("/"));
+        assert_eq!(all[2].kind, ListenerKind::Wss);
+        assert_eq!(all[2].ws_path.as_deref(), Some("/mqtt/v1"));
+        let tls = all[2].tls.as_ref().unwrap();
+        assert!(tls.require_client_cert && tls.client_ca.is_some());
+        assert!(all[2].use_identity_as_username);
+        assert_eq!(ListenerConfig::ws(all[0].bind).ws_path(), Some("/mqtt"));
+        assert_eq!(ListenerConfig::tcp(all[0].bind).ws_path(), None);
+
+        let table = |body: &str| format!("[[listener]]\nbind = \"127.0.0.1:8080\"\n{body}");
+        for (body, key) in [
+            ("type = \"wss\"\nallow_anonymous = true\n", "cert"),
+            (
+                "type = \"wss\"\ncert = \"c\"\nallow_anonymous = true\n",
+                "key",
+            ),
+            (
+                "type = \"ws\"\ncert = \"c\"\nallow_anonymous = true\n",
+                "cert",
+            ),
+            (
+                "type = \"ws\"\nclient_ca = \"a\"\nallow_anonymous = true\n",
+                "client_ca",
+            ),
+            (
+                "type = \"tcp\"\npath = \"/mqtt\"\nallow_anonymous = true\n",
+                "path",
+            ),
+            (
+                "type = \"tls\"\ncert = \"c\"\nkey = \"k\"\npath = \"/m\"\nallow_anonymous = true\n",
+                "path",
+            ),
+            (
+                "type = \"ws\"\npath = \"mqtt\"\nallow_anonymous = true\n",
+                "path",
+            ),
+            (
+                "type = \"ws\"\npath = \"/a b\"\nallow_anonymous = true\n",
+                "path",
+            ),
+            (
+                "type = \"ws\"\npath = \"/a?b=1\"\nallow_anonymous = true\n",
+                "path",
+            ),
+            ("type = \"ws\"\n", "allow_anonymous"),
+        ] {
+            let e = Config::from_toml(&table(body)).unwrap_err().to_string();
+            assert!(
+                e.contains("[[listener]]` #1") && e.contains(key),
+                "{body}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn global_allow_anonymous_false_only_needs_a_password_file_for_listen() {
         assert!(Config::from_toml("allow_anonymous = false").is_err());
         Config::from_toml(
@@ -804,6 +1020,53 @@ mod tests {
              [[listener]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1\"\npassword_file = \"p\"\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn example_http_table_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text.find("# [http]\n").unwrap();
+        let table: String = text[start..]
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let http = Config::from_toml(&table).unwrap().http.unwrap();
+        assert_eq!(http.bind, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(http.token.as_deref(), Some("change-me"));
+    }
+
+    #[test]
+    fn http_table_defaults_and_token_rules() {
+        assert!(Config::default().http.is_none());
+        let c = Config::from_toml("[http]\n").unwrap();
+        let http = c.http.unwrap();
+        assert_eq!(http.bind, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert!(http.token.is_none());
+        let c = Config::from_toml("[http]\nbind = \"[::1]:9000\"\n").unwrap();
+        assert_eq!(c.http.unwrap().bind.port(), 9000);
+        let e = Config::from_toml("[http]\nbind = \"0.0.0.0:8080\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http.token") && e.contains("0.0.0.0:8080"),
+            "{e}"
+        );
+        let c = Config::from_toml("[http]\nbind = \"0.0.0.0:8080\"\ntoken = \"s3cret\"\n").unwrap();
+        let http = c.http.unwrap();
+        assert_eq!(http.token.as_deref(), Some("s3cret"));
+        assert!(!format!("{http:?}").contains("s3cret"));
+        for bad in ["\"\"", "\"a b\""] {
+            let e = Config::from_toml(&format!("[http]\ntoken = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("http.token"), "{e}");
+        }
+        let e = Config::from_toml("[http]\nport = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

@@ -28,9 +28,9 @@ use crate::broker::{BodyHold, Shared};
 use crate::limits::PublishLimit;
 use crate::listener::{ConnContext, Slot};
 use crate::message::{ClientId, Delivery, Message};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refused};
 use crate::router::Target;
-use crate::session::{Kick, NEVER_EXPIRES, SessionEntry, SessionState};
+use crate::session::{ClientInfo, Kick, KickReason, NEVER_EXPIRES, SessionEntry, SessionState};
 use crate::store::{Store, SyncMode};
 
 /// Bytes reserved for a socket read at first; an idle connection keeps no more than this.
@@ -59,6 +59,9 @@ enum Close {
     KeepAlive,
     /// Another connection took the session over: DISCONNECT 0x8E, the will is sent.
     TakenOver,
+    /// An operator disconnected the client (admin API): DISCONNECT 0x98, the will is sent;
+    /// with `end_session` the session ends too.
+    Admin { end_session: bool },
     /// The broker is shutting down: DISCONNECT 0x8B, no will.
     Shutdown,
 }
@@ -76,6 +79,10 @@ impl std::fmt::Display for Close {
             Close::KeepAlive => f.write_str("keep-alive timeout"),
             Close::TakenOver => f.write_str("session taken over by another connection"),
             Close::Shutdown => f.write_str("broker shutting down"),
+            Close::Admin { end_session: false } => f.write_str("disconnected by an operator"),
+            Close::Admin { end_session: true } => {
+                f.write_str("disconnected by an operator, session ended")
+            }
         }
     }
 }
@@ -250,9 +257,11 @@ async fn read_connect<S: Transport>(shared: &Shared, io: &mut Io<S>) -> Option<B
         Ok(Packet::Connect(c)) => Some(c),
         Ok(other) => {
             debug!(packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
+            shared.metrics.refused(Refused::Protocol);
             None
         }
         Err(e) => {
+            shared.metrics.refused(Refused::Protocol);
             refuse_malformed_connect(io, &e).await;
             None
         }
@@ -284,6 +293,7 @@ async fn read_packet<S: Transport>(
             Ok(Ok(_)) => {}
             Err(_) => {
                 debug!("connect timeout: the handshake did not finish in time");
+                shared.metrics.refused(Refused::Timeout);
                 return None;
             }
         }
@@ -397,6 +407,7 @@ where
     let version = connect.protocol;
     let v5 = version.is_v5();
     let refuse = |io: &mut Io<S>, reason: ReasonCode| {
+        shared.metrics.refused(Refused::from_reason(reason));
         io.send(&Packet::ConnAck(ConnAck::new(false, reason)), version);
     };
 
@@ -610,9 +621,13 @@ where
     io.send(&Packet::ConnAck(ack), version);
     entry.set_connected(true);
     shared.metrics.client_connected();
-    if shared.acl.is_some() {
-        entry.set_username(username.clone());
-    }
+    entry.set_info(ClientInfo {
+        username: username.clone(),
+        peer: Some(peer),
+        protocol: Some(version),
+        keep_alive,
+        expiry,
+    });
     info!(%peer, client_id = &*client_id, username = username.as_deref(), protocol = %version, keep_alive, clean_start = connect.clean_start, session_present, "client connected");
 
     let client_max_packet = connect
@@ -656,8 +671,7 @@ where
         problem_info,
         in_aliases: None,
         out_aliases: (alias_max > 0).then(|| Box::new(OutboundAliases::new(alias_max))),
-        received: 0,
-        sent: 0,
+        latency_from: None,
         username,
         publish_limit: PublishLimit::new(
             shared.config.max_publish_rate,
@@ -709,8 +723,9 @@ struct Conn<S> {
     in_aliases: Option<Box<InboundAliases>>,
     /// Only when the client accepts topic aliases.
     out_aliases: Option<Box<OutboundAliases>>,
-    received: u64,
-    sent: u64,
+    /// When the oldest message in the output buffer whose latency is measured was received:
+    /// recorded once the buffer is written.
+    latency_from: Option<Instant>,
     /// The username the client is known by (for ACL checks).
     username: Option<Arc<str>>,
     /// `max_publish_rate` / `max_publish_bandwidth`, if set.
@@ -769,6 +784,13 @@ impl<S: Transport> Conn<S> {
                     debug!(error = %e, "write failed");
                     return Close::Network;
                 }
+                if let Some(t) = self.latency_from.take() {
+                    self.shared.metrics.publish_latency.observe(t.elapsed());
+                }
+                Metrics::add(
+                    &self.shared.metrics.bytes_sent,
+                    std::mem::take(&mut self.io.bytes_out),
+                );
             }
             tokio::select! {
                 biased;
@@ -810,8 +832,9 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// Another connection claims the session. A DISCONNECT the client already sent still
-    /// counts [MQTT-3.1.2-10]: take in what is readable now, without waiting, first.
+    /// Another connection claims the session, or an operator ends the connection. A
+    /// DISCONNECT the client already sent still counts [MQTT-3.1.2-10]: take in what is
+    /// readable now, without waiting, first.
     async fn taken_over(&mut self) -> Close {
         for _ in 0..8 {
             match tokio::time::timeout(Duration::ZERO, self.io.read()).await {
@@ -821,7 +844,11 @@ impl<S: Transport> Conn<S> {
         }
         match self.handle_input() {
             Some(close @ Close::ClientDisconnect { .. }) => close,
-            _ => Close::TakenOver,
+            _ => match self.kick.reason() {
+                Some(KickReason::Admin) => Close::Admin { end_session: false },
+                Some(KickReason::AdminEndSession) => Close::Admin { end_session: true },
+                _ => Close::TakenOver,
+            },
         }
     }
 
@@ -991,7 +1018,7 @@ impl<S: Transport> Conn<S> {
 
     fn on_publish(&mut self, p: Publish) -> Option<Close> {
         let v5 = self.version.is_v5();
-        self.received += 1;
+        crate::metrics::count_received(p.qos, p.payload.len());
         if let Some(limit) = self.publish_limit.as_mut() {
             let now = Instant::now();
             let (wait, first) = limit.publish(p.topic.len() + p.payload.len(), now);
@@ -1107,6 +1134,7 @@ impl<S: Transport> Conn<S> {
                 properties: Message::boxed_properties(properties),
                 origin: Some(self.client_id.clone()),
                 stored: Default::default(),
+                received_at: crate::metrics::sample_publish(),
             };
             let mut targets = TARGETS.take();
             let routed = self.shared.publish(Arc::new(msg), &mut targets);
@@ -1226,6 +1254,7 @@ impl<S: Transport> Conn<S> {
                             retain: true,
                             sub_ids: sub_id.into_iter().collect(),
                             seq: 0,
+                            timed: false,
                         };
                         let mut hold = BodyHold::default();
                         shared.offer(entry, d, &mut hold);
@@ -1307,8 +1336,8 @@ impl<S: Transport> Conn<S> {
                     let mut publish = self.build_publish(&d, Instant::now());
                     publish.packet_id = Some(id);
                     publish.dup = true;
+                    crate::metrics::count_sent(d.qos, d.msg.payload.len());
                     self.send(Packet::Publish(publish));
-                    self.sent += 1;
                 }
             }
         }
@@ -1437,7 +1466,10 @@ impl<S: Transport> Conn<S> {
             warn!(client_id = &*self.client_id, error = %e, "cannot encode PUBLISH");
             return;
         }
-        self.sent += 1;
+        crate::metrics::count_sent(d.qos, d.msg.payload.len());
+        if d.timed && self.latency_from.is_none() {
+            self.latency_from = d.msg.received_at;
+        }
     }
 
     /// The 5.0 properties of one delivery: the message's, with this subscriber's
@@ -1462,10 +1494,10 @@ impl<S: Transport> Conn<S> {
 
     fn flush_metrics(&mut self) {
         let m = &self.shared.metrics;
-        Metrics::add(&m.messages_received, std::mem::take(&mut self.received));
-        Metrics::add(&m.messages_sent, std::mem::take(&mut self.sent));
+        crate::metrics::flush_local(m);
         Metrics::add(&m.bytes_received, std::mem::take(&mut self.io.bytes_in));
         Metrics::add(&m.bytes_sent, std::mem::take(&mut self.io.bytes_out));
+        self.entry.set_inflight(self.state.outbound.len());
     }
 
     /// Says goodbye as the close reason requires, then hands the session back.
@@ -1481,6 +1513,7 @@ impl<S: Transport> Conn<S> {
             Close::Network => (None, true),
             Close::KeepAlive => (Some(ReasonCode::KeepAliveTimeout), true),
             Close::TakenOver => (Some(ReasonCode::SessionTakenOver), true),
+            Close::Admin { .. } => (Some(ReasonCode::AdministrativeAction), true),
             Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), false),
         };
         if let (true, Some(reason)) = (v5, goodbye) {
@@ -1507,7 +1540,11 @@ impl<S: Transport> Conn<S> {
 
         self.entry.set_connected(false);
         self.shared.metrics.client_disconnected();
+        if let Close::Admin { end_session: true } = close {
+            self.state.expiry = 0;
+        }
         let expiry = self.state.expiry;
+        self.entry.set_expiry(expiry);
         if let Some(will) = self.will.take().filter(|_| send_will) {
             self.publish_will(*will, expiry);
         }
@@ -1552,6 +1589,7 @@ impl<S: Transport> Conn<S> {
             properties: Message::boxed_properties(properties),
             origin: Some(self.client_id.clone()),
             stored: Default::default(),
+            received_at: None,
         };
         if delay == 0 {
             self.shared.publish(Arc::new(msg), &mut Vec::new());

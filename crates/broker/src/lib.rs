@@ -1,6 +1,7 @@
 //! # sagitta-broker
 //!
-//! The Sagitta MQTT broker as a library: MQTT 3.1, 3.1.1 and 5.0 over TCP and TLS.
+//! The Sagitta MQTT broker as a library: MQTT 3.1, 3.1.1 and 5.0 over TCP, TLS,
+//! WebSocket and WebSocket over TLS.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), sagitta_broker::BrokerError> {
@@ -11,10 +12,12 @@
 //!
 //! ## Layout
 //! - [`broker`]: [`Broker`] (start, listeners, shutdown, `$SYS`) and the state its tasks share.
-//! - [`listener`]: typed listeners (TCP, TLS), their accept loops and per-listener
+//! - [`listener`]: typed listeners (TCP, TLS, WS, WSS), their accept loops and per-listener
 //!   authentication ([`ListenerInfo`] is what authenticators see of them).
 //! - [`tls`]: PEM files to a rustls server configuration (mTLS, reload) and the identity of
 //!   client certificates.
+//! - `ws`: the WebSocket upgrade (path, subprotocol) and the adapter that makes a WebSocket a
+//!   byte stream for `connection`.
 //! - `connection`: one task per client; the only code that reads and writes MQTT on a socket.
 //! - `session`: the session registry, each session's bounded mailbox and protocol state.
 //! - `router`: the subscription tree (wildcards, shared groups, No Local, overlap merging).
@@ -24,7 +27,10 @@
 //! - [`auth`]: the [`Authenticator`] trait authentication plugs into.
 //! - [`acl`]: [`Acl`], who may publish, subscribe and receive where (`acl_file`).
 //! - [`password`]: [`PasswordFile`], Mosquitto-compatible password-file authentication.
-//! - [`metrics`]: broker-wide counters.
+//! - [`metrics`]: broker-wide counters and histograms.
+//! - `http`: the operators' HTTP listener (`[http]`: Prometheus metrics, health, readiness)
+//!   over `admin`, the admin API's operations (clients, subscriptions, retained messages,
+//!   publish) as plain functions returning JSON.
 //! - [`store`]: persistence of retained messages and persistent sessions (the [`store::Backend`]
 //!   trait and its redb implementation, group commit, restart recovery).
 //!
@@ -35,12 +41,14 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+mod admin;
 pub mod auth;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod broker;
 pub mod config;
 mod connection;
+mod http;
 mod limits;
 pub mod listener;
 pub mod message;
@@ -54,11 +62,12 @@ mod session;
 pub mod store;
 mod sys;
 pub mod tls;
+mod ws;
 
 pub use acl::{Acl, AclError, Action, Authorizer};
 pub use auth::{AllowAll, AuthExchange, AuthMethod, AuthStep, Authenticator, ConnectInfo};
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
-pub use config::{Config, ConfigError, ListenerConfig, ListenerKind};
+pub use config::{Config, ConfigError, HttpConfig, ListenerConfig, ListenerKind};
 pub use listener::ListenerInfo;
 pub use message::Message;
 pub use metrics::Metrics;

@@ -1,8 +1,10 @@
-//! Listeners: a bound socket with its transport (TCP or TLS) and its authentication
-//! settings, the accept loop, and the per-connection context handed to the connection task.
+//! Listeners: a bound socket with its transport (TCP, TLS, WebSocket, WebSocket over TLS) and
+//! its authentication settings, the accept loop, and the per-connection context handed to the
+//! connection task.
 //!
-//! The accept loop only accepts: the TLS handshake runs on the connection's own task, bounded
-//! by the connect timeout, so a slow or silent peer cannot hold up other accepts.
+//! The accept loop only accepts: the TLS handshake and the WebSocket upgrade run on the
+//! connection's own task, bounded together by the connect timeout, so a slow or silent peer
+//! cannot hold up other accepts.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,17 +20,19 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use crate::auth::{AuthMethod, Authenticator, ConnectInfo};
 use crate::broker::{BrokerError, Shared};
 use crate::config::{Config, EffectiveListener, ListenerKind};
+use crate::metrics::Refused;
 use crate::password::PasswordFile;
 use crate::reload::FileBacked;
 use crate::scram::ScramSha256;
 use crate::tls::{ClientCertificate, TlsState};
+use crate::ws::WsSettings;
 
 /// What an [`Authenticator`] is told about the listener a client connected through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerInfo {
     /// The configured `name`, else `<type>://<local address>`.
     pub name: String,
-    /// TCP or TLS.
+    /// TCP, TLS, WS or WSS.
     pub kind: ListenerKind,
     /// The address the listener is bound to.
     pub local_addr: SocketAddr,
@@ -57,6 +61,8 @@ pub(crate) struct Listener {
     limit: Option<(usize, Arc<Semaphore>)>,
     /// Enhanced-authentication methods offered here.
     methods: Vec<Arc<dyn AuthMethod>>,
+    /// The WebSocket upgrade's settings (`ws`, `wss`).
+    ws: Option<WsSettings>,
 }
 
 impl Listener {
@@ -74,7 +80,13 @@ impl Listener {
             check: Check::Open,
             limit: None,
             methods: Vec::new(),
+            ws: None,
         }
+    }
+
+    /// The HTTP path of a WebSocket listener.
+    pub fn ws_path(&self) -> Option<&str> {
+        self.ws.as_ref().map(|w| w.path.as_str())
     }
 
     /// `Ok(())` to accept the client, or the reason to refuse it with.
@@ -171,6 +183,7 @@ pub(crate) struct Prepared {
     pub tls: Option<Arc<TlsState>>,
     max_connections: Option<usize>,
     methods: Vec<Arc<dyn AuthMethod>>,
+    ws: Option<WsSettings>,
 }
 
 impl Prepared {
@@ -195,6 +208,7 @@ impl Prepared {
                 .max_connections
                 .map(|n| (n, Arc::new(Semaphore::new(n)))),
             methods: self.methods,
+            ws: self.ws,
         }
     }
 }
@@ -224,6 +238,7 @@ pub(crate) fn prepare(
             password_file,
             use_identity_as_username,
             max_connections,
+            ws_path,
         } = l;
         let check = match (&custom, password_file) {
             (Some(auth), _) => Check::Custom(auth.clone()),
@@ -265,12 +280,14 @@ pub(crate) fn prepare(
             tls,
             max_connections,
             methods: offered,
+            ws: ws_path.map(|path| WsSettings::new(&path, config.max_packet_size)),
         });
     }
     Ok((prepared, password_files.into_values().collect()))
 }
 
-/// Accepts connections until shutdown; each runs on its own task (TLS handshake included).
+/// Accepts connections until shutdown; each runs on its own task (TLS handshake and WebSocket
+/// upgrade included).
 pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     socket: TcpListener,
@@ -293,10 +310,12 @@ pub(crate) async fn accept_loop(
             }
         };
         if !shared.admit_connection() {
+            shared.metrics.refused(Refused::Rate);
             continue;
         }
         let Ok(global) = limit.clone().try_acquire_owned() else {
             warn!(%peer, max = shared.config.max_connections, "connection limit reached, refusing");
+            shared.metrics.refused(Refused::Limit);
             continue;
         };
         let own = match &listener.limit {
@@ -305,6 +324,7 @@ pub(crate) async fn accept_loop(
                 Ok(p) => Some(p),
                 Err(_) => {
                     warn!(%peer, listener = %listener.info.name, max, "listener connection limit reached, refusing");
+                    shared.metrics.refused(Refused::Limit);
                     continue;
                 }
             },
@@ -317,6 +337,12 @@ pub(crate) async fn accept_loop(
             debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
         match &tls {
+            _ if listener.ws.is_some() => {
+                let (shared2, listener, tls) = (shared.clone(), listener.clone(), tls.clone());
+                shared.tracker.spawn(async move {
+                    serve_ws(shared2, stream, peer, listener, tls.as_deref(), permit).await
+                });
+            }
             // Plain TCP: the connection's task is the small future `serve` returns.
             None => {
                 let ctx = ConnContext {
@@ -357,21 +383,47 @@ async fn serve_tls(
     slot: Slot,
 ) {
     let span = info_span!("tls", %peer, listener = %listener.info.name);
+    let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
+    let Some((stream, certificate)) = tls_handshake(&shared, stream, tls, deadline, &span).await
+    else {
+        return;
+    };
+    let ctx = ConnContext {
+        listener,
+        certificate,
+    };
+    crate::connection::serve(shared, stream, peer, ctx, slot).await;
+}
+
+/// The server side of a TLS handshake, until `deadline`: the stream and the client's verified
+/// certificate, or `None` (logged) if it failed, timed out or the broker is shutting down.
+async fn tls_handshake(
+    shared: &Shared,
+    stream: tokio::net::TcpStream,
+    tls: &TlsState,
+    deadline: tokio::time::Instant,
+    span: &tracing::Span,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Option<ClientCertificate>,
+)> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-    let handshake = tokio::time::timeout(shared.config.connect_timeout(), acceptor.accept(stream));
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
     let result = tokio::select! {
         r = handshake.instrument(span.clone()) => r,
-        _ = shared.shutdown.cancelled() => return,
+        _ = shared.shutdown.cancelled() => return None,
     };
     let stream = match result {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             span.in_scope(|| info!(error = %e, "TLS handshake failed"));
-            return;
+            shared.metrics.refused(Refused::Tls);
+            return None;
         }
         Err(_) => {
             span.in_scope(|| debug!("no TLS handshake within the connect timeout"));
-            return;
+            shared.metrics.refused(Refused::Timeout);
+            return None;
         }
     };
     let certificate = stream
@@ -383,6 +435,89 @@ async fn serve_tls(
     if let Some(cert) = &certificate {
         span.in_scope(|| debug!(identity = ?cert.identity(), "client certificate verified"));
     }
+    Some((stream, certificate))
+}
+
+/// A WebSocket listener's connection: the TLS handshake (`wss`) and the HTTP upgrade, both
+/// within one connect timeout, then the MQTT connection over binary frames.
+async fn serve_ws(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    tls: Option<&TlsState>,
+    slot: Slot,
+) {
+    let span = info_span!("ws", %peer, listener = %listener.info.name);
+    let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
+    match tls {
+        None => upgrade_and_serve(shared, stream, peer, listener, None, slot, deadline, span).await,
+        Some(tls) => {
+            let Some((stream, certificate)) =
+                tls_handshake(&shared, stream, tls, deadline, &span).await
+            else {
+                return;
+            };
+            upgrade_and_serve(
+                shared,
+                stream,
+                peer,
+                listener,
+                certificate,
+                slot,
+                deadline,
+                span,
+            )
+            .await;
+        }
+    }
+}
+
+/// The WebSocket upgrade on `stream` until `deadline`, then the MQTT connection.
+#[allow(clippy::too_many_arguments)]
+async fn upgrade_and_serve<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    certificate: Option<ClientCertificate>,
+    slot: Slot,
+    deadline: tokio::time::Instant,
+    span: tracing::Span,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let Some(settings) = &listener.ws else {
+        return;
+    };
+    let upgrade = tokio::time::timeout_at(deadline, crate::ws::accept(stream, settings));
+    let result = tokio::select! {
+        r = upgrade.instrument(span.clone()) => r,
+        _ = shared.shutdown.cancelled() => return,
+    };
+    let stream = match result {
+        Ok(Ok((stream, protocol))) => {
+            span.in_scope(|| {
+                debug!(
+                    subprotocol = protocol.unwrap_or("none"),
+                    "WebSocket upgrade"
+                )
+            });
+            stream
+        }
+        Ok(Err(e @ crate::ws::HandshakeError::Refused { .. })) => {
+            span.in_scope(|| info!(error = %e, "WebSocket upgrade refused"));
+            return;
+        }
+        Ok(Err(e)) => {
+            span.in_scope(|| debug!(error = %e, "WebSocket upgrade failed"));
+            return;
+        }
+        Err(_) => {
+            span.in_scope(|| debug!("no WebSocket upgrade within the connect timeout"));
+            return;
+        }
+    };
     let ctx = ConnContext {
         listener,
         certificate,

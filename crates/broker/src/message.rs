@@ -31,6 +31,9 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Its body in the store, once it is queued for a persistent session.
     pub(crate) stored: StoredBody,
+    /// When the broker read it, for the messages whose publish-to-deliver latency is
+    /// measured (a sample; see `metrics::sample_publish`).
+    pub(crate) received_at: Option<Instant>,
 }
 
 /// A message's body in the store: its id (0 until stored) and how many queued messages
@@ -53,6 +56,7 @@ impl Message {
             origin: None,
             expires_at: None,
             stored: StoredBody::default(),
+            received_at: None,
         }
     }
 
@@ -102,6 +106,9 @@ pub(crate) struct Delivery {
     pub sub_ids: Vec<SubscriptionId>,
     /// Its sequence number in the store (queue order), or 0 if it is not stored.
     pub seq: u64,
+    /// A live delivery of a message whose latency is measured (not a retained message sent
+    /// on subscribe, nor one read from the store).
+    pub timed: bool,
 }
 
 /// The hash map of the broker's hot paths (router, retained store, sessions): foldhash is

@@ -46,6 +46,21 @@ impl RetainStore {
         stored
     }
 
+    /// Deletes the retained message of `topic` (an exact topic name), from the store too.
+    /// Returns whether there was one.
+    pub fn remove(&self, topic: &str, store: Option<&Store>) -> bool {
+        let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
+        let levels: Vec<&str> = topic.split('/').collect();
+        if !remove(&mut root, &levels) {
+            return false;
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        if let Some(store) = store.filter(|_| !topic.starts_with("$SYS")) {
+            store.retained_deleted(topic);
+        }
+        true
+    }
+
     /// Puts back a retained message read from the store.
     pub fn restore(&self, msg: Arc<Message>) {
         let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
@@ -188,5 +203,10 @@ mod tests {
         assert_eq!(topics(&s, "a/+"), ["a/c"]);
         s.set(msg("nothing/here", ""), None);
         assert_eq!(s.len(), 5);
+        assert!(s.remove("a/c", None));
+        assert!(!s.remove("a/c", None));
+        assert!(!s.remove("a/+", None));
+        assert_eq!(s.len(), 4);
+        assert_eq!(topics(&s, "a/+"), Vec::<String>::new());
     }
 }

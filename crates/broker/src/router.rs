@@ -56,6 +56,16 @@ impl Target {
     }
 }
 
+/// One subscription as the admin API shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct SubscriptionInfo {
+    pub client_id: ClientId,
+    /// The filter as subscribed (with its `$share/<group>/` prefix for a shared one).
+    pub filter: String,
+    pub options: SubscriptionOptions,
+    pub id: Option<SubscriptionId>,
+}
+
 /// The subscription tree.
 #[derive(Default)]
 pub(crate) struct Router {
@@ -140,6 +150,17 @@ impl Router {
         removed
     }
 
+    /// The subscriptions for which `keep(client_id, filter)` is true, in no particular
+    /// order. Walks the whole tree under the read lock: publishes go on meanwhile, but
+    /// subscribes wait; meant for operators, not for the publish path.
+    pub fn list(&self, mut keep: impl FnMut(&str, &str) -> bool) -> Vec<SubscriptionInfo> {
+        let root = self.root.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        let mut path = String::new();
+        list_node(&root, &mut path, true, &mut keep, &mut out);
+        out
+    }
+
     /// Number of subscriptions in the tree.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
@@ -167,6 +188,49 @@ impl Router {
         merge(out);
         drop(root);
         out.append(&mut shared);
+    }
+}
+
+fn list_node(
+    node: &Node,
+    path: &mut String,
+    top: bool,
+    keep: &mut impl FnMut(&str, &str) -> bool,
+    out: &mut Vec<SubscriptionInfo>,
+) {
+    if !top {
+        for sub in node.subs.values() {
+            if keep(&sub.session.client_id, path) {
+                out.push(SubscriptionInfo {
+                    client_id: sub.session.client_id.clone(),
+                    filter: path.clone(),
+                    options: sub.options,
+                    id: sub.id,
+                });
+            }
+        }
+        for (group, g) in &node.groups {
+            let filter = format!("$share/{group}/{path}");
+            for m in &g.members {
+                if keep(&m.session.client_id, &filter) {
+                    out.push(SubscriptionInfo {
+                        client_id: m.session.client_id.clone(),
+                        filter: filter.clone(),
+                        options: m.options,
+                        id: m.id,
+                    });
+                }
+            }
+        }
+    }
+    for (level, child) in &node.children {
+        let len = path.len();
+        if !top {
+            path.push('/');
+        }
+        path.push_str(level);
+        list_node(child, path, false, keep, out);
+        path.truncate(len);
     }
 }
 
@@ -406,6 +470,39 @@ mod tests {
         assert!(r.unsubscribe("b", &f("$share/g/t/+")));
         assert!(route(&r, "t/x", None).is_empty());
         assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn list_rebuilds_every_filter() {
+        let r = Router::default();
+        let a = session("a");
+        let b = session("b");
+        for f_ in ["#", "/x", "a/+/c", "a", "a/#"] {
+            r.subscribe(&a, &f(f_), opts(QoS::AtLeastOnce), SubscriptionId::new(3));
+        }
+        r.subscribe(&b, &f("$share/g/a/+/c"), opts(QoS::AtMostOnce), None);
+        let mut all: Vec<(String, String)> = r
+            .list(|_, _| true)
+            .into_iter()
+            .map(|s| (s.client_id.to_string(), s.filter))
+            .collect();
+        all.sort();
+        let want: Vec<(String, String)> = [
+            ("a", "#"),
+            ("a", "/x"),
+            ("a", "a"),
+            ("a", "a/#"),
+            ("a", "a/+/c"),
+            ("b", "$share/g/a/+/c"),
+        ]
+        .iter()
+        .map(|(c, f)| (c.to_string(), f.to_string()))
+        .collect();
+        assert_eq!(all, want);
+        let only_b = r.list(|c, _| c == "b");
+        assert_eq!(only_b.len(), 1);
+        assert_eq!(only_b[0].options.qos, QoS::AtMostOnce);
+        assert_eq!(r.list(|_, f| f.contains("+/c")).len(), 2);
     }
 
     #[test]

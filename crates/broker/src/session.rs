@@ -3,11 +3,12 @@
 //! connection that owns the session holds locked for its whole life.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sagitta_proto::session::{InboundQos2, OutboundWindow};
-use sagitta_proto::{QoS, SubscriptionId, SubscriptionOptions, TopicFilter};
+use sagitta_proto::{ProtocolVersion, QoS, SubscriptionId, SubscriptionOptions, TopicFilter};
 use tokio::sync::Notify;
 
 use crate::message::{ClientId, Delivery, FastMap};
@@ -26,26 +27,60 @@ pub(crate) enum Enqueued {
     DroppedOffline,
 }
 
-/// How the connection that owns a session is told to let go of it (a takeover). Each
-/// connection has its own, and only that connection waits on it. Lighter than a
-/// cancellation token, which matters with 100k mostly idle connections.
+/// How the connection that owns a session is told to let go of it: a takeover, or an
+/// operator's request (admin API). Each connection has its own, and only that connection
+/// waits on it. Lighter than a cancellation token, which matters with 100k mostly idle
+/// connections.
 #[derive(Default)]
 pub(crate) struct Kick {
     notify: Notify,
-    kicked: AtomicBool,
+    /// 0: not kicked; else a [`KickReason`].
+    kicked: AtomicU8,
+}
+
+/// Why a connection was told to let go of its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KickReason {
+    /// Another connection claimed the session.
+    TakenOver = 1,
+    /// An operator disconnected the client (5.0: DISCONNECT 0x98).
+    Admin = 2,
+    /// An operator disconnected the client and ended its session.
+    AdminEndSession = 3,
 }
 
 impl Kick {
-    /// Tells the connection to let go.
+    /// Tells the connection to let go: another connection takes the session over.
     pub fn kick(&self) {
-        self.kicked.store(true, Ordering::Release);
+        self.kick_for(KickReason::TakenOver);
+    }
+
+    /// Tells the connection to let go for `reason`. A takeover wins over an operator's
+    /// request; the first reason stays otherwise.
+    pub fn kick_for(&self, reason: KickReason) {
+        let r = reason as u8;
+        let _ = self
+            .kicked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                (old == 0 || reason == KickReason::TakenOver).then_some(r)
+            });
         // Leaves a permit if the connection is not waiting right now.
         self.notify.notify_one();
     }
 
-    /// Whether [`Kick::kick`] was called.
+    /// Whether [`Kick::kick`] (or [`Kick::kick_for`]) was called.
     pub fn is_kicked(&self) -> bool {
-        self.kicked.load(Ordering::Acquire)
+        self.kicked.load(Ordering::Acquire) != 0
+    }
+
+    /// Why the connection was kicked, if it was.
+    pub fn reason(&self) -> Option<KickReason> {
+        match self.kicked.load(Ordering::Acquire) {
+            1 => Some(KickReason::TakenOver),
+            2 => Some(KickReason::Admin),
+            3 => Some(KickReason::AdminEndSession),
+            _ => None,
+        }
     }
 
     /// Resolves once kicked.
@@ -54,6 +89,22 @@ impl Kick {
             self.notify.notified().await;
         }
     }
+}
+
+/// What is known of a session's (last) client, recorded once per connection, for ACL
+/// checks and the admin API.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientInfo {
+    /// The username the client is known by.
+    pub username: Option<Arc<str>>,
+    /// Its address; `None` for a session read from the store that no client claimed yet.
+    pub peer: Option<SocketAddr>,
+    /// The protocol version it connected with.
+    pub protocol: Option<ProtocolVersion>,
+    /// The keep-alive in force, in seconds.
+    pub keep_alive: u16,
+    /// Session Expiry Interval in seconds ([`NEVER_EXPIRES`] for never).
+    pub expiry: u32,
 }
 
 struct Mailbox {
@@ -69,11 +120,14 @@ pub(crate) struct SessionEntry {
     connected: AtomicBool,
     /// Kept in the store: its QoS 1/2 messages are stored as they are queued.
     persistent: AtomicBool,
-    /// The username its last client logged in with (for ACL checks on delivery).
-    username: Mutex<Option<Arc<str>>>,
+    /// Its last client (the username is read by ACL checks on delivery).
+    info: Mutex<ClientInfo>,
     /// Subscriptions of this session in the router (kept by the router): with at most one,
     /// a message cannot match the session twice and routing skips merging its targets.
-    pub(crate) routes: std::sync::atomic::AtomicU32,
+    pub(crate) routes: AtomicU32,
+    /// Messages in flight to the client, as its connection last reported (admin API,
+    /// metrics).
+    inflight: AtomicU32,
     /// Incremented each time a connection claims the session; timers (expiry, delayed will)
     /// compare it to know whether the client came back.
     generation: AtomicU64,
@@ -94,8 +148,9 @@ impl SessionEntry {
             notify: Notify::new(),
             connected: AtomicBool::new(false),
             persistent: AtomicBool::new(false),
-            username: Mutex::new(None),
-            routes: std::sync::atomic::AtomicU32::new(0),
+            info: Mutex::new(ClientInfo::default()),
+            routes: AtomicU32::new(0),
+            inflight: AtomicU32::new(0),
             generation: AtomicU64::new(0),
             state: Arc::new(tokio::sync::Mutex::new(SessionState::default())),
             owner: Mutex::new(None),
@@ -119,17 +174,58 @@ impl SessionEntry {
         self.persistent.store(persistent, Ordering::Release);
     }
 
-    /// Runs `f` with the username of the session's (last) client.
-    pub fn with_username<R>(&self, f: impl FnOnce(Option<&str>) -> R) -> R {
-        f(self
-            .username
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_deref())
+    fn info_lock(&self) -> std::sync::MutexGuard<'_, ClientInfo> {
+        self.info.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn set_username(&self, username: Option<Arc<str>>) {
-        *self.username.lock().unwrap_or_else(|e| e.into_inner()) = username;
+    /// Runs `f` with the username of the session's (last) client.
+    pub fn with_username<R>(&self, f: impl FnOnce(Option<&str>) -> R) -> R {
+        f(self.info_lock().username.as_deref())
+    }
+
+    /// Records what is known of the client that claimed the session.
+    pub fn set_info(&self, info: ClientInfo) {
+        *self.info_lock() = info;
+    }
+
+    /// What is known of the session's (last) client.
+    pub fn info(&self) -> ClientInfo {
+        self.info_lock().clone()
+    }
+
+    /// Records the session's expiry interval (set again by a 5.0 DISCONNECT).
+    pub fn set_expiry(&self, expiry: u32) {
+        self.info_lock().expiry = expiry;
+    }
+
+    /// Messages in flight to the client, as last reported.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Reports the number of messages in flight (cheap when unchanged).
+    pub fn set_inflight(&self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if self.inflight.load(Ordering::Relaxed) != n {
+            self.inflight.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Messages waiting in the mailbox.
+    pub fn queued(&self) -> usize {
+        self.mailbox().queue.len()
+    }
+
+    /// Tells the connection that owns the session, if any, to let go for `reason`. Returns
+    /// whether there was one.
+    pub fn kick_owner(&self, reason: KickReason) -> bool {
+        match &*self.owner.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((_, kick)) => {
+                kick.kick_for(reason);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn generation(&self) -> u64 {
@@ -320,6 +416,38 @@ impl Sessions {
         } else {
             false
         }
+    }
+
+    /// Removes a session that no connection owns (an operator ends it). Returns false if a
+    /// connection owns it, or it is no longer the registered session of its client id.
+    pub fn remove_idle(&self, entry: &Arc<SessionEntry>) -> bool {
+        let mut map = self.map();
+        let idle = entry
+            .owner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none();
+        if idle
+            && map
+                .get(&entry.client_id)
+                .is_some_and(|e| Arc::ptr_eq(e, entry))
+        {
+            map.remove(&entry.client_id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The session of `client_id`, if there is one.
+    pub fn get(&self, client_id: &str) -> Option<Arc<SessionEntry>> {
+        self.map().get(client_id).cloned()
+    }
+
+    /// Every session (connected or not), in no particular order. The registry is locked
+    /// only while the entries are copied.
+    pub fn all(&self) -> Vec<Arc<SessionEntry>> {
+        self.map().values().cloned().collect()
     }
 
     /// Adds a session read from the store.

@@ -6,7 +6,8 @@
 //! (see `tests/paho/interop.py`). What each scenario proves is in its script's docstring.
 //! The scripts bound every wait themselves; this side adds an outer time limit. The TLS
 //! scenarios run against a mutual-TLS listener with a test PKI made here (see `common_tls`),
-//! passed to the scripts in `SAGITTA_TLS_*` environment variables.
+//! passed to the scripts in `SAGITTA_TLS_*` environment variables. The WebSocket scenarios
+//! run against a `ws` (or `wss`) listener with `transport="websockets"` (`SAGITTA_WS_PATH`).
 
 // Test code: failed expectations abort the test with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -104,14 +105,59 @@ async fn run_tls_script(script: &str, version: &str) {
     broker.stop().await;
 }
 
+/// Runs `tests/paho/{script}` over WebSocket (`wss` with `tls`) against a broker with a
+/// TCP listener (in `SAGITTA_TCP_PORT`) and a WebSocket listener at `/mqtt` (the script's
+/// port), both admitting anonymous clients.
+async fn run_ws_script(script: &str, version: &str, tls: bool) {
+    let pki = common_tls::Pki::new("paho-ws");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let listener = if tls {
+        ListenerConfig::wss(any, pki.path("server.pem"), pki.path("server.key"))
+    } else {
+        ListenerConfig::ws(any)
+    }
+    .allow_anonymous(true);
+    let broker = TestBroker::start_with(|config| config.listeners = vec![listener]).await;
+    let [tcp, ws] = broker.local_addrs()[..] else {
+        panic!("two listeners")
+    };
+    let mut env = vec![
+        ("SAGITTA_WS_PATH", "/mqtt".to_owned()),
+        ("SAGITTA_TCP_PORT", tcp.port().to_string()),
+    ];
+    if tls {
+        env.push(("SAGITTA_TLS_CA", pki.arg("ca.pem")));
+    }
+    run_script_at(
+        &ws.ip().to_string(),
+        &ws.port().to_string(),
+        script,
+        version,
+        &env,
+    )
+    .await;
+    broker.stop().await;
+}
+
 /// Runs `tests/paho/{script}` against `broker` with extra environment variables.
 async fn run_script_on(broker: &TestBroker, script: &str, version: &str, env: &[(&str, String)]) {
+    run_script_at(&broker.host(), &broker.port(), script, version, env).await;
+}
+
+/// Runs `tests/paho/{script}` against `host`:`port` with extra environment variables.
+async fn run_script_at(
+    host: &str,
+    port: &str,
+    script: &str,
+    version: &str,
+    env: &[(&str, String)],
+) {
     let python = python();
     let path = script_path(script);
     let child = Command::new(python)
         .arg("-B") // no __pycache__ in the source tree
         .arg(&path)
-        .args([broker.host(), broker.port(), version.to_owned()])
+        .args([host, port, version])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -235,4 +281,27 @@ paho_tls_tests! {
     tls: "tls.py" [v311, v5];
     pubsub_qos_over_tls: "pubsub_qos.py" [v311, v5];
     will_over_tls: "will.py" [v311, v5];
+}
+
+/// Generates one test per listed version running `tests/paho/{name}.py` over WebSocket
+/// (`ws`), or WebSocket over TLS (`wss`, the client verifying the test CA).
+macro_rules! paho_ws_tests {
+    ($($name:ident: $script:literal $tls:literal [$($version:ident),+];)*) => {$(
+        mod $name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $version() {
+                    super::run_ws_script($script, stringify!($version), $tls).await;
+                }
+            )+
+        }
+    )*};
+}
+
+paho_ws_tests! {
+    websocket: "websocket.py" false [v311, v5];
+    websocket_over_tls: "websocket.py" true [v311, v5];
+    pubsub_qos_over_ws: "pubsub_qos.py" false [v311, v5];
+    will_over_ws: "will.py" false [v311, v5];
+    will_over_wss: "will.py" true [v311, v5];
 }

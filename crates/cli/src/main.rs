@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sagitta_broker::{Broker, Config, SyncMode};
+use sagitta_broker::{Broker, Config, HttpConfig, SyncMode};
 use tracing_subscriber::EnvFilter;
 
 mod bench;
@@ -41,6 +41,7 @@ enum Command {
   sagitta broker -l 0.0.0.0:1883 -l [::]:1883     listen on every IPv4 and IPv6 address
   sagitta broker -c sagitta.toml                  settings from a file (see sagitta.example.toml)
   sagitta broker -c sagitta.toml --check-config   check the file and exit
+  sagitta broker --http 127.0.0.1:8080            metrics, health and admin API over HTTP
   RUST_LOG=debug sagitta broker                   more logging
 
 Signals: SIGINT or SIGTERM shut down cleanly; SIGHUP reloads the password files, the ACL
@@ -71,6 +72,11 @@ struct BrokerArgs {
     /// When the store syncs to disk: always, periodic or never (sets `sync`).
     #[arg(long, value_name = "MODE")]
     sync: Option<SyncMode>,
+    /// Serve Prometheus metrics (/metrics), /health, /ready and the admin API (/api/v1/...)
+    /// over HTTP on this address (sets `[http] bind`; a token, required off loopback, comes
+    /// from the file's `[http] token`).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -133,6 +139,13 @@ async fn run_broker(args: BrokerArgs) -> ExitCode {
     }
     if let Some(sync) = args.sync {
         config.sync = sync;
+    }
+    if let Some(bind) = args.http {
+        config.http.get_or_insert_with(HttpConfig::default).bind = bind;
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("sagitta: {e}");
+        return ExitCode::from(2);
     }
     if args.check_config {
         // Also reads the password files and the TLS certificates, keys and CAs.

@@ -231,3 +231,65 @@ fn sighup_reloads_the_acl_while_clients_stay_connected() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `GET path` over plain HTTP/1.1: the status code and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = connect_when_up(addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+#[test]
+fn http_flag_serves_health_ready_and_metrics() {
+    let (port, http_port) = (free_port(), free_port());
+    let listen = format!("127.0.0.1:{port}");
+    let http = format!("127.0.0.1:{http_port}");
+    let _broker = start(&["broker", "--memory", "--listen", &listen, "--http", &http]);
+    let addr: SocketAddr = http.parse().unwrap();
+    assert_eq!(http_get(addr, "/health"), (200, "ok\n".to_owned()));
+    // Ready once the MQTT listener is bound (the HTTP listener comes up first).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(addr, "/ready").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, metrics) = http_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("\nsagitta_connections 0\n"), "{metrics}");
+}
+
+#[test]
+fn http_off_loopback_without_a_token_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sagitta"))
+        .args([
+            "broker",
+            "--memory",
+            "--http",
+            "0.0.0.0:1",
+            "--check-config",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("http.token") && err.contains("0.0.0.0:1"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sagitta"))
+        .args(["broker", "--memory", "--http", "0.0.0.0:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

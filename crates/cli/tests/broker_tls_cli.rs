@@ -1,5 +1,6 @@
 //! `sagitta broker` with a TLS listener: SIGHUP reloads the certificate without dropping
-//! connections, and `--check-config` reads the certificate and key files. Certificates are
+//! connections, and `--check-config` reads the certificate and key files (of `wss` listeners
+//! too). Certificates are
 //! made here with rcgen (never committed).
 // Test helpers may panic: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -238,4 +239,52 @@ fn check_config_reads_the_tls_files() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.pem"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_config_reads_the_wss_files_and_websocket_settings() {
+    let dir = temp_dir("check-wss");
+    let (_, cert, key) = ca_and_server("CA");
+    std::fs::write(dir.join("server.pem"), cert).unwrap();
+    std::fs::write(dir.join("server.key"), key).unwrap();
+    let config = dir.join("ws.toml");
+    let write = |path: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[[listener]]\ntype = \"ws\"\nbind = \"127.0.0.1:8080\"\nallow_anonymous = true\n\
+                 path = \"{path}\"\n\
+                 [[listener]]\ntype = \"wss\"\nbind = \"127.0.0.1:8443\"\n\
+                 cert = \"{}\"\nkey = \"{}\"\nallow_anonymous = true\n",
+                dir.join("server.pem").display(),
+                dir.join("server.key").display()
+            ),
+        )
+        .unwrap();
+    };
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_sagitta"))
+            .args(["broker", "--check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    write("/mqtt");
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    write("mqtt");
+    let out = check();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`path`") && err.contains("#1"), "{err}");
+    write("/mqtt");
+    std::fs::write(dir.join("server.key"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&dir.join("server.key").display().to_string()),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,6 +24,11 @@ impl Store {
         }
     }
 
+    /// A retained message was deleted by an operator.
+    pub fn retained_deleted(&self, topic: &str) -> u64 {
+        self.submit(Op::Delete(Table::Retained, topic.as_bytes().to_vec()))
+    }
+
     /// A persistent session was claimed by a connection (`disconnected_ms` 0) or left by it.
     pub fn session(&self, client_id: &str, expiry: u32, disconnected_ms: u64) {
         self.submit(Op::Put(

@@ -247,6 +247,8 @@ struct Inner {
     mode: SyncMode,
     interval: Duration,
     path: PathBuf,
+    /// How long each sync took.
+    sync_latency: crate::metrics::Histogram,
 }
 
 /// The broker's handle on its store. Cheap to share; see the module documentation.
@@ -314,6 +316,7 @@ impl Store {
             mode,
             interval,
             path: dir.to_path_buf(),
+            sync_latency: crate::metrics::Histogram::new(crate::metrics::SYNC_BOUNDS_US),
         });
         let thread_inner = inner.clone();
         let writer = std::thread::Builder::new()
@@ -417,6 +420,16 @@ impl Store {
         self.inner.durable.subscribe()
     }
 
+    /// How long syncs took (metrics).
+    pub fn sync_latency(&self) -> &crate::metrics::Histogram {
+        &self.inner.sync_latency
+    }
+
+    /// Changes queued and not yet taken by the writer (metrics).
+    pub fn backlog(&self) -> usize {
+        self.inner.backlog.load(Ordering::Relaxed)
+    }
+
     /// True once a write has failed: nothing more reaches the disk.
     pub fn failed(&self) -> bool {
         self.inner.failed.load(Ordering::Acquire)
@@ -503,7 +516,9 @@ fn write_loop(inner: &Inner, mut backend: Box<dyn Backend>) {
                 unsynced = true;
             }
             if unsynced && (closing || last_sync.elapsed() >= interval) {
+                let started = Instant::now();
                 backend.sync()?;
+                inner.sync_latency.observe(started.elapsed());
                 last_sync = Instant::now();
                 unsynced = false;
             }

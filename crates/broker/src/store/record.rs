@@ -140,6 +140,7 @@ pub fn decode_message(mut b: &[u8]) -> Option<Message> {
         origin,
         expires_at,
         stored: Default::default(),
+        received_at: None,
     })
 }
 

@@ -83,6 +83,7 @@ pub(crate) fn restore(shared: &Arc<Shared>, snapshot: Snapshot) {
                 retain: d.retain,
                 sub_ids: d.sub_ids,
                 seq: d.seq,
+                timed: false,
             };
             queued += 1;
             match d.inflight {
@@ -96,6 +97,8 @@ pub(crate) fn restore(shared: &Arc<Shared>, snapshot: Snapshot) {
             }
         }
         entry.restore_queue(waiting);
+        entry.set_inflight(state.outbound.len());
+        entry.set_expiry(s.expiry);
         state.restored_qos2 = s.qos2.iter().map(|id| id.get()).collect();
         for id in s.qos2 {
             state.inbound.restore(id);

@@ -50,6 +50,14 @@ impl TestBroker {
         }
     }
 
+    /// Every address the broker listens on, in [`Broker::local_addrs`] order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.broker
+            .as_ref()
+            .map(|b| b.local_addrs().to_vec())
+            .unwrap_or_default()
+    }
+
     /// The port as a string, for command lines.
     pub fn port(&self) -> String {
         self.addr.port().to_string()

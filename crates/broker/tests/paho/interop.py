@@ -7,6 +7,9 @@ watchdog kills the whole script (exit 1, with a traceback) after ``DEADLINE`` se
 
 TLS: when ``SAGITTA_TLS_CA`` is set (a PEM CA file), every client connects over TLS trusting
 it, with the client certificate ``SAGITTA_TLS_CERT`` / ``SAGITTA_TLS_KEY`` if those are set.
+
+WebSocket: when ``SAGITTA_WS_PATH`` is set (e.g. ``/mqtt``), every client connects with
+``transport="websockets"`` to that path (over TLS as well when ``SAGITTA_TLS_CA`` is set).
 """
 
 import faulthandler
@@ -68,6 +71,7 @@ class Context:
             self.tls = {"ca_certs": ca,
                         "certfile": os.environ.get("SAGITTA_TLS_CERT") or None,
                         "keyfile": os.environ.get("SAGITTA_TLS_KEY") or None}
+        self.ws_path = os.environ.get("SAGITTA_WS_PATH") or None
 
     def peer(self, name, threaded=True, **kwargs):
         """A connected client with id ``NAME-VERSION``; see ``Peer``."""
@@ -117,8 +121,12 @@ class Peer:
         kwargs = {}
         if not ctx.v5:
             kwargs["clean_session"] = clean
+        if ctx.ws_path:
+            kwargs["transport"] = "websockets"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=ctx.protocol, manual_ack=manual_ack, **kwargs)
+        if ctx.ws_path:
+            self.client.ws_set_options(path=ctx.ws_path)
         self.logs = []
         self.messages = queue.Queue()
         # Re-entrant: wait predicates may call methods that take the lock again.
@@ -293,7 +301,7 @@ class Peer:
         otherwise reach the broker before the DISCONNECT is processed. A duplicate of the
         socket keeps the connection open until the broker's end of stream arrives (for TLS a
         plain socket on a duplicate of the descriptor: only the end of stream matters)."""
-        sock = self.client.socket()
+        sock = _raw_socket(self.client.socket())
         watch = socket.fromfd(sock.fileno(), sock.family, sock.type) if sock is not None else None
         self.client.disconnect(reasoncode=reasoncode, properties=properties)
         self._wait(lambda: self.disconnected is not None, "the disconnection")
@@ -316,12 +324,18 @@ class Peer:
         """Closes the socket without DISCONNECT (thread-less mode only)."""
         check(not self.threaded, "close_abruptly needs a thread-less peer")
         sock = self.client.socket()
-        sock.shutdown(socket.SHUT_RDWR)
+        _raw_socket(sock).shutdown(socket.SHUT_RDWR)
         sock.close()
 
     def saw_log(self, fragment):
         with self.cond:
             return any(fragment in line for line in self.logs)
+
+
+def _raw_socket(sock):
+    """The TCP (or TLS) socket under paho's WebSocket wrapper (its ``_socket``), else
+    ``sock`` itself."""
+    return getattr(sock, "_socket", sock)
 
 
 def _bytes(payload):
