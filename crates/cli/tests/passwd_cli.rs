@@ -127,6 +127,29 @@ fn passwd_file_works_with_the_broker() {
     assert!(out.status.success(), "{out:?}");
     let out = publish(port, "carol", "s3cre");
     assert!(!out.status.success(), "{out:?}");
+    // And SCRAM-SHA-256 logins (MQTT 5 enhanced authentication) with `--scram`.
+    let scram = |pw: &str| {
+        sagitta(&[
+            "pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "t",
+            "-m",
+            "x",
+            "-u",
+            "carol",
+            "-P",
+            pw,
+            "--scram",
+        ])
+    };
+    let out = scram("s3cret");
+    assert!(out.status.success(), "{out:?}");
+    let out = scram("s3cre");
+    assert!(!out.status.success(), "{out:?}");
 
     // -D removes bob; alice stays.
     let out = passwd(&["-D", s(&file), "bob"]);

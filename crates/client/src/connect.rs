@@ -4,7 +4,9 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use sagitta_proto::{ConnAck, Connect, Packet, ProtocolVersion, ReasonCode, decode};
+use rand::Rng as _;
+use sagitta_proto::scram::{MECHANISM, ScramClient, ScramFinal};
+use sagitta_proto::{ConnAck, Connect, MqttStr, Packet, ProtocolVersion, ReasonCode, decode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -42,8 +44,21 @@ pub(crate) async fn establish(
 
 async fn attempt(opts: &Options, connect: &Connect) -> Result<Established, ConnectError> {
     let version = connect.protocol;
+    let mut connect = connect.clone();
+    let mut auth = Auth::None;
+    if let Some(scram) = &opts.scram {
+        let nonce: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(24)
+            .map(char::from)
+            .collect();
+        let (client, first) = ScramClient::start(&scram.username, &scram.password, &nonce);
+        connect.properties.authentication_method = Some(scram_method());
+        connect.properties.authentication_data = Some(first.into());
+        auth = Auth::Started(client);
+    }
     let mut out = BytesMut::new();
-    Packet::Connect(Box::new(connect.clone()))
+    Packet::Connect(Box::new(connect))
         .encode(version, &mut out)
         .map_err(|e| ConnectError::InvalidOptions(e.to_string()))?;
 
@@ -55,7 +70,7 @@ async fn attempt(opts: &Options, connect: &Connect) -> Result<Established, Conne
     match &opts.tls {
         None => {
             let mut tcp = tcp;
-            let (rbuf, connack) = exchange(&mut tcp, &out, opts, version).await?;
+            let (rbuf, connack) = exchange(&mut tcp, &out, opts, version, auth).await?;
             Ok(Established {
                 stream: Stream::Tcp(tcp),
                 rbuf,
@@ -64,7 +79,7 @@ async fn attempt(opts: &Options, connect: &Connect) -> Result<Established, Conne
         }
         Some(tls) => {
             let mut tls_stream = handshake(tls, tcp, &opts.addr).await?;
-            let (rbuf, connack) = exchange(&mut tls_stream, &out, opts, version).await?;
+            let (rbuf, connack) = exchange(&mut tls_stream, &out, opts, version, auth).await?;
             Ok(Established {
                 stream: Stream::Tls(Box::new(tls_stream)),
                 rbuf,
@@ -102,12 +117,29 @@ async fn handshake(
         })
 }
 
-/// Sends the encoded CONNECT in `out` and reads up to the CONNACK.
+/// Where enhanced authentication stands before CONNACK.
+enum Auth {
+    /// Not used.
+    None,
+    /// SCRAM: client-first sent with CONNECT.
+    Started(ScramClient),
+    /// SCRAM: client-final sent; the CONNACK must carry the broker's signature.
+    Answered(ScramFinal),
+}
+
+/// The Authentication Method `SCRAM-SHA-256`.
+fn scram_method() -> MqttStr {
+    MqttStr::from_static(MECHANISM).unwrap_or_else(|_| MqttStr::empty())
+}
+
+/// Sends the encoded CONNECT in `out` and reads up to the CONNACK, answering the broker's
+/// AUTH challenge when `auth` has begun an exchange.
 async fn exchange<S>(
     stream: &mut S,
     out: &[u8],
     opts: &Options,
     version: ProtocolVersion,
+    mut auth: Auth,
 ) -> Result<(BytesMut, ConnAck), ConnectError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -128,9 +160,56 @@ where
         match packet {
             Some(Packet::ConnAck(connack)) => {
                 check_connack(&connack)?;
+                let scram_error = |error| ConnectError::Scram {
+                    addr: opts.addr.clone(),
+                    error,
+                };
+                match auth {
+                    Auth::None => {}
+                    // Accepted without a challenge: nothing proved the broker knows us.
+                    Auth::Started(_) => {
+                        return Err(scram_error(sagitta_proto::scram::ScramError::Malformed(
+                            "the broker accepted without a SCRAM exchange",
+                        )));
+                    }
+                    Auth::Answered(last) => {
+                        let data = connack.properties.authentication_data.as_deref();
+                        last.verify(data.unwrap_or_default()).map_err(scram_error)?;
+                    }
+                }
                 return Ok((rbuf, connack));
             }
-            Some(Packet::Auth(_)) => return Err(ProtocolError::AuthNotSupported.into()),
+            Some(Packet::Auth(challenge)) => {
+                let Auth::Started(client) = auth else {
+                    return Err(ProtocolError::AuthNotSupported.into());
+                };
+                let method = scram_method();
+                if challenge.reason != ReasonCode::ContinueAuthentication
+                    || challenge.properties.authentication_method.as_ref() != Some(&method)
+                {
+                    return Err(ProtocolError::Unexpected(sagitta_proto::PacketType::Auth).into());
+                }
+                let data = challenge.properties.authentication_data.as_deref();
+                let (last, answer) = client.respond(data.unwrap_or_default()).map_err(|error| {
+                    ConnectError::Scram {
+                        addr: opts.addr.clone(),
+                        error,
+                    }
+                })?;
+                let mut reply = sagitta_proto::Auth {
+                    reason: ReasonCode::ContinueAuthentication,
+                    ..sagitta_proto::Auth::default()
+                };
+                reply.properties.authentication_method = Some(method);
+                reply.properties.authentication_data = Some(answer.into());
+                let mut buf = BytesMut::new();
+                Packet::Auth(reply)
+                    .encode(version, &mut buf)
+                    .map_err(|e| ConnectError::InvalidOptions(e.to_string()))?;
+                stream.write_all(&buf).await.map_err(io_err)?;
+                stream.flush().await.map_err(io_err)?;
+                auth = Auth::Answered(last);
+            }
             Some(other) => return Err(ProtocolError::Unexpected(other.packet_type()).into()),
             None => {
                 rbuf.reserve(READ_CHUNK);

@@ -95,6 +95,16 @@ pub enum ConnectError {
         /// The address as given.
         addr: String,
     },
+    /// SCRAM-SHA-256 authentication ([`crate::ClientBuilder::scram_sha256`]) failed on our
+    /// side: the broker's answers were malformed, or its final signature did not prove that
+    /// it knows the password (a broker impersonating the real one).
+    #[error("SCRAM-SHA-256 authentication with {addr} failed: {error}")]
+    Scram {
+        /// The address as given.
+        addr: String,
+        /// What went wrong.
+        error: sagitta_proto::scram::ScramError,
+    },
     /// The broker closed the connection before sending CONNACK.
     #[error("the broker closed the connection before CONNACK")]
     Closed,
@@ -127,7 +137,8 @@ impl ConnectError {
             | Self::NotAuthorized { .. }
             | Self::BlockingInRuntime
             | Self::Tls(_)
-            | Self::TlsRequired { .. } => true,
+            | Self::TlsRequired { .. }
+            | Self::Scram { .. } => true,
             Self::TlsHandshake { error, .. } => crate::tls::is_fatal(error),
             Self::Refused { reason, .. } => matches!(
                 reason,

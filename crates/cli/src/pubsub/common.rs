@@ -133,6 +133,11 @@ pub struct ConnArgs {
     /// Password (needs -u).
     #[arg(short = 'P', long = "pw", alias = "password", value_name = "PASSWORD")]
     pub password: Option<OsString>,
+    /// Log in with SCRAM-SHA-256 (MQTT 5 enhanced authentication) instead of sending the
+    /// password; needs -u and -P, selects MQTT 5. The broker must prove that it knows the
+    /// password too.
+    #[arg(long)]
+    pub scram: bool,
     /// Keep-alive interval in seconds (0: none).
     #[arg(
         short = 'k',
@@ -215,6 +220,9 @@ impl ConnArgs {
         if self.session_expiry.is_some() {
             needs_v5.push("-x");
         }
+        if self.scram {
+            needs_v5.push("--scram");
+        }
         let version = match self.version {
             Some(v) if !v.is_v5() && !needs_v5.is_empty() => {
                 return Err(Failure::Usage(format!(
@@ -288,6 +296,12 @@ impl ConnArgs {
             }
             (None, None) => builder,
         };
+        if self.scram {
+            if self.password.is_none() && url.as_ref().is_none_or(|u| u.password.is_none()) {
+                return Err(Failure::Usage("--scram needs -u and -P".into()));
+            }
+            builder = builder.scram_sha256();
+        }
 
         let expiry = match (self.session_expiry, props.connect.session_expiry) {
             (Some(_), Some(_)) => {
