@@ -42,9 +42,11 @@ enum Command {
   sagitta broker -c sagitta.toml                  settings from a file (see sagitta.example.toml)
   sagitta broker -c sagitta.toml --check-config   check the file and exit
   sagitta broker --http 127.0.0.1:8080            metrics, health and admin API over HTTP
-  RUST_LOG=debug sagitta broker                   more logging
+  sagitta broker --log-level debug                more logging (or RUST_LOG=debug)
+  sagitta broker --log-format json                one JSON object per log line
 
-Signals: SIGINT or SIGTERM shut down cleanly; SIGHUP reloads the password files, the ACL
+Signals: SIGINT or SIGTERM shut down cleanly (5.0 clients get DISCONNECT 0x8B, the store is
+flushed); a second one, or a shutdown that takes over 30 s, exits at once with code 1. SIGHUP reloads the password files, the ACL
 file and the TLS listeners' certificates, keys and client CAs (established connections keep
 going).
 
@@ -77,7 +79,27 @@ struct BrokerArgs {
     /// from the file's `[http] token`).
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
+    /// Log format: `text` (human-readable, the default) or `json` (one JSON object per
+    /// line, for log collectors).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or a filter such as
+    /// `info,sagitta_broker::connection=debug`. Default: `RUST_LOG`, else `info`.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
 }
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Longest a clean shutdown may take before the process exits anyway (exit code 1).
+const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -88,12 +110,27 @@ fn main() -> ExitCode {
         // -h 127.0.0.1 does): only its errors by default.
         _ => "info,rustls=error",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let (format, level) = match &cli.command {
+        Command::Broker(args) => (args.log_format, args.log_level.as_deref()),
+        _ => (LogFormat::Text, None),
+    };
+    let filter = match level {
+        Some(level) => match EnvFilter::try_new(level) {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("sagitta: --log-level {level}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Command::Bench(args) = &cli.command
         && let Some(n) = args.worker_threads()
@@ -172,6 +209,17 @@ async fn run_broker(args: BrokerArgs) -> ExitCode {
         signal::interrupted().await;
         tracing::info!("shutting down");
         handle.shutdown();
+        // Clients are told and the store is flushed; a second signal, or a shutdown that
+        // hangs, ends the process without waiting.
+        tokio::select! {
+            () = signal::interrupted() => {
+                tracing::warn!("second signal: exiting before the shutdown finished");
+            }
+            () = tokio::time::sleep(SHUTDOWN_LIMIT) => {
+                tracing::error!(limit = ?SHUTDOWN_LIMIT, "the shutdown did not finish in time: exiting");
+            }
+        }
+        std::process::exit(1);
     });
     let handle = broker.handle();
     tokio::spawn(signal::on_hangup(move || {

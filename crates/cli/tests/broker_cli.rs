@@ -293,3 +293,56 @@ fn http_off_loopback_without_a_token_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn sigterm_with_json_logs_says_goodbye_and_logs_each_client() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut broker = start(&[
+        "broker",
+        "--memory",
+        "--listen",
+        &listen,
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+    ]);
+    let (mut stream, mut buf) = connect_v5(listen.parse().unwrap(), "json-client");
+    let pid = broker.child().id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    match recv(&mut stream, &mut buf, ProtocolVersion::V5) {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::ServerShuttingDown),
+        other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+    }
+    let out = broker.output();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let event = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message && l["client_id"] == "json-client")
+            .unwrap_or_else(|| panic!("no {message:?} line in {lines:?}"))
+    };
+    let connected = event("client connected");
+    assert_eq!(connected["protocol"], "5.0");
+    assert!(
+        connected["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert_eq!(connected["level"], "INFO");
+    let disconnected = event("client disconnected");
+    assert_eq!(disconnected["reason"], "broker shutting down");
+    assert_eq!(disconnected["peer"], connected["peer"]);
+}
