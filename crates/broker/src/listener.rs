@@ -507,14 +507,17 @@ async fn upgrade_and_serve<S>(
         }
         Ok(Err(e @ crate::ws::HandshakeError::Refused { .. })) => {
             span.in_scope(|| info!(error = %e, "WebSocket upgrade refused"));
+            shared.metrics.refused(Refused::Protocol);
             return;
         }
         Ok(Err(e)) => {
             span.in_scope(|| debug!(error = %e, "WebSocket upgrade failed"));
+            shared.metrics.refused(Refused::Protocol);
             return;
         }
         Err(_) => {
             span.in_scope(|| debug!("no WebSocket upgrade within the connect timeout"));
+            shared.metrics.refused(Refused::Timeout);
             return;
         }
     };

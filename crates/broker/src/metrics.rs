@@ -31,10 +31,11 @@ pub enum Refused {
     /// `max_connection_rate`.
     Rate,
     /// A malformed or unsupported CONNECT, another first packet, a will the broker cannot
-    /// carry (QoS, retain) or a broken authentication exchange.
+    /// carry (QoS, retain), a broken authentication exchange, or a refused or failed
+    /// WebSocket upgrade.
     Protocol,
-    /// No CONNECT (or no end of the authentication exchange, or of the TLS handshake)
-    /// within `connect_timeout`.
+    /// No CONNECT (or no end of the authentication exchange, the TLS handshake or the
+    /// WebSocket upgrade) within `connect_timeout`.
     Timeout,
     /// The TLS handshake failed.
     Tls,

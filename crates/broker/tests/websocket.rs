@@ -446,6 +446,21 @@ async fn other_paths_get_404_and_no_upgrade() {
             other => panic!("{path}: expected 404, got {other:?}"),
         }
     }
+    // Each refused upgrade counts as a refused connection (metrics: reason "protocol").
+    let refused = || {
+        broker
+            .metrics()
+            .refused_count(sagitta_broker::metrics::Refused::Protocol)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while refused() < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refused {}",
+            refused()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // The configured paths upgrade.
     let mut tcp = TcpStream::connect(default).await.unwrap();
     tcp.write_all(upgrade_request("/mqtt", "").as_bytes())
