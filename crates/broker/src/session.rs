@@ -399,28 +399,18 @@ impl Sessions {
 
     /// Removes an expired session: only if no connection claimed it since `generation`.
     pub fn remove_expired(&self, entry: &Arc<SessionEntry>, generation: u64) -> bool {
-        let mut map = self.map();
-        let idle = entry
-            .owner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none();
-        if idle
-            && entry.generation() == generation
-            && map
-                .get(&entry.client_id)
-                .is_some_and(|e| Arc::ptr_eq(e, entry))
-        {
-            map.remove(&entry.client_id);
-            true
-        } else {
-            false
-        }
+        self.remove_unowned(entry, Some(generation))
     }
 
     /// Removes a session that no connection owns (an operator ends it). Returns false if a
     /// connection owns it, or it is no longer the registered session of its client id.
     pub fn remove_idle(&self, entry: &Arc<SessionEntry>) -> bool {
+        self.remove_unowned(entry, None)
+    }
+
+    /// Removes `entry` if no connection owns it, it is still the registered session of its
+    /// client id, and (with `generation`) no connection claimed it since.
+    fn remove_unowned(&self, entry: &Arc<SessionEntry>, generation: Option<u64>) -> bool {
         let mut map = self.map();
         let idle = entry
             .owner
@@ -428,6 +418,7 @@ impl Sessions {
             .unwrap_or_else(|e| e.into_inner())
             .is_none();
         if idle
+            && generation.is_none_or(|g| entry.generation() == g)
             && map
                 .get(&entry.client_id)
                 .is_some_and(|e| Arc::ptr_eq(e, entry))
