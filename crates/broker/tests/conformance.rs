@@ -1003,3 +1003,69 @@ async fn a_shared_qos2_delivery_stays_with_its_member() {
     leaver.drop_connection();
     other.expect_silence().await;
 }
+
+/// 5.0: MQTT-3.3.2-13, MQTT-3.3.2-14, MQTT-4.13.1-1. A Response Topic with a wildcard makes
+/// the PUBLISH invalid: the connection is closed with a DISCONNECT reason of 0x80 or more.
+#[tokio::test]
+async fn a_response_topic_with_a_wildcard_closes_the_connection() {
+    let b = broker().await;
+    let mut p = Peer::connect(addr(&b), V5, "rt").await;
+    // PUBLISH QoS 0 to "t", Response Topic "a/#", no payload.
+    p.send_raw(&[
+        0x30, 0x0a, 0x00, 0x01, b't', 0x06, 0x08, 0x00, 0x03, b'a', b'/', b'#',
+    ])
+    .await;
+    match p.expect_closed().await.as_slice() {
+        [Packet::Disconnect(d)] => assert!(d.reason.is_error(), "{d:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// 5.0: MQTT-4.12.0-1. An authentication method the broker does not offer is refused with
+/// CONNACK 0x8C, and the connection closes.
+#[tokio::test]
+async fn an_unknown_authentication_method_is_refused_and_closed() {
+    let b = broker().await;
+    let mut c = connect_packet(V5, "method");
+    c.properties.authentication_method = Some(mstr("UNKNOWN-METHOD"));
+    let (mut p, ack) = Peer::connect_with(addr(&b), c).await;
+    assert_eq!(ack.reason, ReasonCode::BadAuthenticationMethod);
+    assert!(p.expect_closed().await.is_empty());
+}
+
+/// 3.1.1: MQTT-3.1.2-4, MQTT-3.1.2-5, MQTT-4.5.0-1. A session with clean session 0 keeps
+/// QoS 1 and QoS 2 messages that arrive while its client is away.
+#[tokio::test]
+async fn offline_qos1_and_qos2_messages_are_kept_for_a_persistent_3_1_1_session() {
+    let b = broker().await;
+    let (mut sub, _) = Peer::connect_with(addr(&b), persistent(V3_1_1, "away")).await;
+    sub.subscribe("off/#", QoS::ExactlyOnce).await;
+    sub.disconnect().await;
+    let mut publ = Peer::connect(addr(&b), V3_1_1, "pub").await;
+    publ.publish("off/1", "one", QoS::AtLeastOnce, false).await;
+    publ.publish("off/2", "two", QoS::ExactlyOnce, false).await;
+    let (mut sub, ack) = Peer::connect_with(addr(&b), persistent(V3_1_1, "away")).await;
+    assert!(ack.session_present);
+    for (t, qos) in [("off/1", QoS::AtLeastOnce), ("off/2", QoS::ExactlyOnce)] {
+        let got = sub.recv_publish().await;
+        assert_eq!((got.topic.as_str(), got.qos), (t, qos));
+        sub.ack(&got).await;
+    }
+}
+
+/// 3.1.1: MQTT-3.1.2-24. A 3.1.1 client silent for one and a half keep-alive periods is
+/// disconnected (without a packet: 3.1.1 has no server DISCONNECT).
+#[tokio::test]
+async fn keep_alive_closes_an_idle_3_1_1_client() {
+    let b = broker().await;
+    let mut c = connect_packet(V3_1_1, "idle");
+    c.keep_alive = 1;
+    let (mut p, _) = Peer::connect_with(addr(&b), c).await;
+    let start = std::time::Instant::now();
+    assert!(p.expect_closed().await.is_empty());
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_millis(2500),
+        "{waited:?}"
+    );
+}
