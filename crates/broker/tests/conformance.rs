@@ -1069,3 +1069,15 @@ async fn keep_alive_closes_an_idle_3_1_1_client() {
         "{waited:?}"
     );
 }
+
+/// 3.1.1: MQTT-3.1.2-12. A client that connected without a will leaves no message behind
+/// when its connection breaks.
+#[tokio::test]
+async fn no_will_is_published_without_the_will_flag() {
+    let b = broker().await;
+    let mut watcher = Peer::connect(addr(&b), V3_1_1, "watcher").await;
+    watcher.subscribe("#", QoS::AtMostOnce).await;
+    let p = Peer::connect(addr(&b), V3_1_1, "nowill").await;
+    p.drop_connection();
+    watcher.expect_silence().await;
+}
