@@ -2,6 +2,8 @@
 //! rule or small group of rules, each naming the statements it covers ("3.1.1" or "5.0"
 //! before an identifier says which specification it is from: the two number differently).
 //! `docs/conformance.md` maps every server-side MUST of both specifications to its test.
+// Tests may panic: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -12,8 +14,8 @@ use bytes::BytesMut;
 use common::*;
 use sagitta_broker::{Authenticator, Broker, Config, ConnectInfo};
 use sagitta_proto::{
-    Connect, Packet, ProtocolVersion, PubResponse, QoS, ReasonCode, Subscribe, SubscriptionId,
-    SubscriptionOptions, TopicName, Unsubscribe, Will,
+    Connect, Packet, ProtocolVersion, PubResponse, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    TopicName, Unsubscribe, Will,
 };
 
 use ProtocolVersion::{V3_1_1, V5};
