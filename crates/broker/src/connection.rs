@@ -62,7 +62,7 @@ enum Close {
     /// An operator disconnected the client (admin API): DISCONNECT 0x98, the will is sent;
     /// with `end_session` the session ends too.
     Admin { end_session: bool },
-    /// The broker is shutting down: DISCONNECT 0x8B, no will.
+    /// The broker is shutting down: DISCONNECT 0x8B, the will is sent.
     Shutdown,
 }
 
@@ -1522,7 +1522,9 @@ impl<S: Transport> Conn<S> {
             Close::KeepAlive => (Some(ReasonCode::KeepAliveTimeout), true),
             Close::TakenOver => (Some(ReasonCode::SessionTakenOver), true),
             Close::Admin { .. } => (Some(ReasonCode::AdministrativeAction), true),
-            Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), false),
+            // The server closes without a DISCONNECT from the client: the will is published
+            // [MQTT-3.1.2-8] (one with a delay is kept by the store for after a restart).
+            Close::Shutdown => (Some(ReasonCode::ServerShuttingDown), true),
         };
         if let (true, Some(reason)) = (v5, goodbye) {
             let mut disconnect = Disconnect::new(reason);

@@ -310,6 +310,34 @@ async fn a_delayed_will_is_published_after_a_restart() {
     b.shutdown().await;
 }
 
+/// A client still connected when the broker shuts down did not send DISCONNECT: its will is
+/// published [MQTT-3.1.2-8] (here retained, so the next broker run still has it).
+#[tokio::test]
+async fn wills_of_clients_connected_at_shutdown_are_published() {
+    let dir = temp_dir("shutdown-will");
+    let b = start(&dir, SyncMode::Periodic).await;
+    let mut c = persistent(V3_1_1, "connected-at-shutdown");
+    c.will = Some(Will {
+        topic: topic("wills/at-shutdown"),
+        payload: "broker went down".to_owned().into(),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: WillProperties::default(),
+    });
+    let (_client, ack) = Peer::connect_with(addr(&b), c).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    b.shutdown().await;
+
+    let b = start(&dir, SyncMode::Periodic).await;
+    let mut w = Peer::connect(addr(&b), V5, "reader").await;
+    w.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let m = w.recv_publish().await;
+    assert_eq!(m.topic.as_str(), "wills/at-shutdown");
+    assert_eq!(&m.payload[..], b"broker went down");
+    assert!(m.retain);
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_always_acknowledges_once_stored_and_keeps_order() {
     let dir = temp_dir("always");
