@@ -47,8 +47,8 @@ async fn regression_a_v5_connect_with_a_bad_body_was_closed_without_connack() {
     let b = broker().await;
     let mut p = Peer::open(addr(&b), V5).await;
     p.send_raw(&[
-        0x10, 0x0e, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x1e, 0x00, 0x3c, 0x00, 0x00,
-        0x01, b'c',
+        0x10, 0x0e, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x1e, 0x00, 0x3c, 0x00, 0x00, 0x01,
+        b'c',
     ])
     .await;
     match p.expect_closed().await.as_slice() {
@@ -58,8 +58,7 @@ async fn regression_a_v5_connect_with_a_bad_body_was_closed_without_connack() {
     // A 3.1.1 CONNECT with the same fault has no code to be told: closed without a word.
     let mut p = Peer::open(addr(&b), V3_1_1).await;
     p.send_raw(&[
-        0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x1e, 0x00, 0x3c, 0x00, 0x01,
-        b'c',
+        0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x1e, 0x00, 0x3c, 0x00, 0x01, b'c',
     ])
     .await;
     assert_eq!(p.expect_closed().await, []);
