@@ -260,12 +260,21 @@ async fn read_connect<S: Transport>(shared: &Shared, io: &mut Io<S>) -> Option<B
             shared.metrics.refused(Refused::Protocol);
             None
         }
-        Err(e) => {
+        Err(bad) => {
             shared.metrics.refused(Refused::Protocol);
-            refuse_malformed_connect(io, &e).await;
+            refuse_malformed_connect(io, &bad).await;
             None
         }
     }
+}
+
+/// A packet that could not be decoded.
+struct Undecodable {
+    error: DecodeError,
+    /// The protocol level byte if the packet is a CONNECT, read before the decoder took the
+    /// packet out of the buffer (it does so once the packet is complete, even if its body is
+    /// bad): what version the refusal must be written in.
+    connect_level: Option<u8>,
 }
 
 /// Reads one packet before the connection runs (CONNECT, then AUTH during enhanced
@@ -276,13 +285,19 @@ async fn read_packet<S: Transport>(
     io: &mut Io<S>,
     version: ProtocolVersion,
     deadline: tokio::time::Instant,
-) -> Option<Result<Packet, DecodeError>> {
+) -> Option<Result<Packet, Undecodable>> {
     let max = shared.config.max_packet_size as usize;
     loop {
+        let connect_level = connect_level(&io.rbuf);
         match decode(&mut io.rbuf, version, max) {
             Ok(Some(packet)) => return Some(Ok(packet)),
             Ok(None) => {}
-            Err(e) => return Some(Err(e)),
+            Err(error) => {
+                return Some(Err(Undecodable {
+                    error,
+                    connect_level,
+                }));
+            }
         }
         let read = tokio::select! {
             r = tokio::time::timeout_at(deadline, io.read()) => r,
@@ -348,9 +363,9 @@ async fn enhanced_auth<S: Transport>(
                 debug!(packet = %other.packet_type(), "expected AUTH 0x18 with the CONNECT's method [MQTT-4.12.0-4]");
                 return Err(AuthEnd::Refuse(ReasonCode::ProtocolError));
             }
-            Some(Err(e)) => {
-                debug!(error = %e, "bad packet during authentication");
-                return Err(AuthEnd::Refuse(e.reason_code()));
+            Some(Err(bad)) => {
+                debug!(error = %bad.error, "bad packet during authentication");
+                return Err(AuthEnd::Refuse(bad.error.reason_code()));
             }
         }
     }
@@ -370,14 +385,14 @@ fn auth_packet(reason: ReasonCode, method: &MqttStr, data: Option<Vec<u8>>) -> A
 /// Answers a CONNECT that could not be decoded: an unsupported protocol level gets CONNACK
 /// 0x01 (3.x format, which every version can read) [MQTT-3.1.2-2]; a 5.0 CONNECT gets a 5.0
 /// CONNACK with the reason; anything else is closed without an answer.
-async fn refuse_malformed_connect<S: Transport>(io: &mut Io<S>, error: &DecodeError) {
-    debug!(error = %error, "bad CONNECT");
-    let (version, reason) = match error {
+async fn refuse_malformed_connect<S: Transport>(io: &mut Io<S>, bad: &Undecodable) {
+    debug!(error = %bad.error, "bad CONNECT");
+    let (version, reason) = match &bad.error {
         DecodeError::UnsupportedProtocolVersion(_) => (
             ProtocolVersion::V3_1_1,
             ReasonCode::UnsupportedProtocolVersion,
         ),
-        _ if connect_level(&io.rbuf) == Some(5) => (ProtocolVersion::V5, error.reason_code()),
+        e if bad.connect_level == Some(5) => (ProtocolVersion::V5, e.reason_code()),
         _ => return,
     };
     io.send(&Packet::ConnAck(ConnAck::new(false, reason)), version);
@@ -387,6 +402,9 @@ async fn refuse_malformed_connect<S: Transport>(io: &mut Io<S>, error: &DecodeEr
 
 /// The protocol level byte of a CONNECT at the front of `buf`, if it can be found.
 fn connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
     let header_len = 1 + buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
     let name_len = u16::from_be_bytes([*buf.get(header_len)?, *buf.get(header_len + 1)?]);
     buf.get(header_len + 2 + usize::from(name_len)).copied()

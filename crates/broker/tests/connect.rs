@@ -39,6 +39,32 @@ async fn unsupported_protocol_level_gets_connack_0x01_then_close() {
 }
 
 #[tokio::test]
+async fn regression_a_v5_connect_with_a_bad_body_was_closed_without_connack() {
+    // The decoder takes a complete packet out of the buffer before it reads the body, and
+    // the protocol level was looked for in the buffer afterwards: a 5.0 CONNECT with a bad
+    // body was closed without the CONNACK that [MQTT-4.13.1-1] allows and the broker means
+    // to send. Here the Will QoS is 3 [MQTT-3.1.2-12]: 0x81 Malformed Packet.
+    let b = broker().await;
+    let mut p = Peer::open(addr(&b), V5).await;
+    p.send_raw(&[
+        0x10, 0x0e, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x1e, 0x00, 0x3c, 0x00, 0x00, 0x01,
+        b'c',
+    ])
+    .await;
+    match p.expect_closed().await.as_slice() {
+        [Packet::ConnAck(a)] => assert_eq!(a.reason, ReasonCode::MalformedPacket),
+        other => panic!("{other:?}"),
+    }
+    // A 3.1.1 CONNECT with the same fault has no code to be told: closed without a word.
+    let mut p = Peer::open(addr(&b), V3_1_1).await;
+    p.send_raw(&[
+        0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x1e, 0x00, 0x3c, 0x00, 0x01, b'c',
+    ])
+    .await;
+    assert_eq!(p.expect_closed().await, []);
+}
+
+#[tokio::test]
 async fn first_packet_must_be_connect() {
     // MQTT-3.1.0-1.
     let b = broker().await;

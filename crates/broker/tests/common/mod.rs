@@ -3,7 +3,7 @@
 // Test helpers may panic: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use sagitta_proto::{
     ReasonCode, Subscribe, SubscriptionOptions, TopicFilter, TopicName, Unsubscribe, decode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -81,6 +81,25 @@ impl Peer {
     /// Opens a TCP connection without sending anything.
     pub async fn open(addr: SocketAddr, version: ProtocolVersion) -> Peer {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Peer {
+            version,
+            stream,
+            rbuf: BytesMut::new(),
+        }
+    }
+
+    /// Opens a TCP connection from `local` (any port) without sending anything: tests that
+    /// open thousands of connections spread them over several 127.0.0.x addresses.
+    pub async fn open_from(addr: SocketAddr, local: IpAddr, version: ProtocolVersion) -> Peer {
+        let socket = if local.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .unwrap();
+        socket.bind(SocketAddr::new(local, 0)).expect("bind");
+        let stream = socket.connect(addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
         Peer {
             version,
@@ -279,6 +298,12 @@ impl Peer {
     pub async fn disconnect(mut self) {
         self.send(Packet::Disconnect(Disconnect::default())).await;
         let _ = self.stream.shutdown().await;
+    }
+
+    /// Shuts down the write side of the socket (TCP FIN) without DISCONNECT; the read side
+    /// stays open.
+    pub async fn shutdown_write(&mut self) {
+        self.stream.shutdown().await.expect("shutdown");
     }
 
     /// Drops the TCP connection without DISCONNECT.
