@@ -12,34 +12,14 @@
 mod common_interop;
 mod common_tls;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common_interop::{TestBroker, args, require_program, run_ok};
+use common_interop::{TestBroker, args, mqttjs_script, run_ok};
 use sagitta_broker::ListenerConfig;
 use sagitta_proto::scram::Credentials;
 
 /// Outer limit for one script (their own watchdog fires at 15 s).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(30);
-
-fn mqttjs_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mqttjs")
-}
-
-/// The path of a script, after checking that Node.js and MQTT.js are there.
-fn script(name: &str) -> String {
-    require_program(
-        "node",
-        "Install Node.js (Debian: `apt-get install nodejs npm`).",
-    );
-    let dir = mqttjs_dir();
-    assert!(
-        dir.join("node_modules/mqtt/package.json").exists(),
-        "MQTT.js is not installed: run `npm ci --prefix {}` (scripts/test-all does)",
-        dir.display()
-    );
-    dir.join(name).to_string_lossy().into_owned()
-}
 
 /// SCRAM-SHA-256 through MQTT.js's enhanced-authentication hooks: the right password logs
 /// in (and the broker proves it knows the password), a wrong one and an unknown user are
@@ -47,7 +27,7 @@ fn script(name: &str) -> String {
 /// coming back also shows that the broker took the name from the SCRAM exchange.
 #[tokio::test]
 async fn mqttjs_logs_in_with_scram_sha_256() {
-    let script = script("scram.js");
+    let script = mqttjs_script("scram.js");
     let dir = std::env::temp_dir().join(format!("sagitta-mqttjs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let passwords = dir.join("passwd");
@@ -83,7 +63,7 @@ async fn mqttjs_logs_in_with_scram_sha_256() {
 /// (one of 40 KB), through the broker's WebSocket listeners at `/mqtt`.
 #[tokio::test]
 async fn mqttjs_over_websocket_and_secure_websocket() {
-    let script = script("websocket.js");
+    let script = mqttjs_script("websocket.js");
     let pki = common_tls::Pki::new("mqttjs-ws");
     let any = "127.0.0.1:0".parse().unwrap();
     let broker = TestBroker::start_with(|c| {

@@ -15,55 +15,16 @@
 mod common_interop;
 mod common_tls;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use common_interop::TestBroker;
+use common_interop::{TestBroker, python};
 use sagitta_broker::ListenerConfig;
 use tokio::process::Command;
 
 /// Outer limit for one script (their own watchdog fires at 20 s).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(30);
-
-/// The Python interpreter to run the scripts with: `python3`'s own executable (resolved once,
-/// which skips wrappers such as pyenv shims). Fails the test with installation advice unless
-/// `python3` can import paho-mqtt 2.x.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let found = PYTHON.get_or_init(|| {
-        let probe = "import sys, paho.mqtt, paho.mqtt.client as c; \
-                     assert int(paho.mqtt.__version__.split('.')[0]) >= 2, paho.mqtt.__version__; \
-                     c.CallbackAPIVersion.VERSION2; print(sys.executable)";
-        match std::process::Command::new("python3")
-            .args(["-c", probe])
-            .stdin(Stdio::null())
-            .output()
-        {
-            Err(e) => Err(format!("`python3` cannot be run ({e})")),
-            Ok(out) if !out.status.success() => Err(format!(
-                "`python3` cannot import paho-mqtt 2.x: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Ok(out) => {
-                let exe = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                Ok(if exe.is_empty() {
-                    PathBuf::from("python3")
-                } else {
-                    PathBuf::from(exe)
-                })
-            }
-        }
-    });
-    match found {
-        Ok(path) => path,
-        Err(why) => panic!(
-            "interop test needs python3 with paho-mqtt 2.x: {why}. Install it with \
-             `python3 -m pip install 'paho-mqtt>=2,<3'` (scripts/test-all does)"
-        ),
-    }
-}
 
 fn script_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -26,6 +26,9 @@ use tokio::sync::mpsc;
 /// Generates the tests: a module per broker, in it a module per protocol version.
 ///
 /// - `each_version`: `async fn(BrokerKind, ProtocolVersion)`, run for 3.1.1 and 5.0;
+/// - `each_version_and_qos`: `async fn(BrokerKind, ProtocolVersion, QoS)`, run for 3.1.1 and
+///   5.0 at QoS 0, 1 and 2, one test each: `mosquitto::v5::will_at_qos::qos2` (the cells of
+///   the interoperability matrix, README "Testing");
 /// - `v5_only`: `async fn(BrokerKind)`, in the `v5` modules;
 /// - `v5_only_not_on_sagitta`: as `v5_only`, but ignored for our broker with the reason
 ///   given, which `cargo test` prints (`--include-ignored` runs them anyway);
@@ -33,6 +36,7 @@ use tokio::sync::mpsc;
 macro_rules! scenarios {
     (
         each_version: [$($each:ident),* $(,)?],
+        each_version_and_qos: [$($qos:ident),* $(,)?],
         v5_only: [$($v5:ident),* $(,)?],
         v5_only_not_on_sagitta: [$($v5_skip:ident: $why:literal),* $(,)?],
         blocking: [$($blocking:ident),* $(,)?] $(,)?
@@ -49,6 +53,9 @@ macro_rules! scenarios {
                         .await
                     }
                 )*
+                $(
+                    scenarios!(@qos $qos, Mosquitto, V3_1_1);
+                )*
             }
             mod v5 {
                 $(
@@ -60,6 +67,9 @@ macro_rules! scenarios {
                         )
                         .await
                     }
+                )*
+                $(
+                    scenarios!(@qos $qos, Mosquitto, V5);
                 )*
                 $(
                     #[tokio::test]
@@ -93,6 +103,9 @@ macro_rules! scenarios {
                         .await
                     }
                 )*
+                $(
+                    scenarios!(@qos $qos, Sagitta, V3_1_1);
+                )*
             }
             mod v5 {
                 $(
@@ -104,6 +117,9 @@ macro_rules! scenarios {
                         )
                         .await
                     }
+                )*
+                $(
+                    scenarios!(@qos $qos, Sagitta, V5);
                 )*
                 $(
                     #[tokio::test]
@@ -127,6 +143,37 @@ macro_rules! scenarios {
             )*
         }
     };
+    (@qos $name:ident, $kind:ident, $v:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn qos0() {
+                crate::$name(
+                    crate::BrokerKind::$kind,
+                    sagitta_client::ProtocolVersion::$v,
+                    sagitta_client::QoS::AtMostOnce,
+                )
+                .await
+            }
+            #[tokio::test]
+            async fn qos1() {
+                crate::$name(
+                    crate::BrokerKind::$kind,
+                    sagitta_client::ProtocolVersion::$v,
+                    sagitta_client::QoS::AtLeastOnce,
+                )
+                .await
+            }
+            #[tokio::test]
+            async fn qos2() {
+                crate::$name(
+                    crate::BrokerKind::$kind,
+                    sagitta_client::ProtocolVersion::$v,
+                    sagitta_client::QoS::ExactlyOnce,
+                )
+                .await
+            }
+        }
+    };
 }
 
 scenarios! {
@@ -141,6 +188,11 @@ scenarios! {
         dead_connection_detected_by_keep_alive,
         connection_refused_as_not_authorized,
         session_taken_over_closes_the_old_client,
+    ],
+    each_version_and_qos: [
+        pubsub_at_qos,
+        retained_at_qos,
+        will_at_qos,
     ],
     v5_only: [
         packet_too_large_for_the_broker,
@@ -408,6 +460,83 @@ async fn will_is_published_when_the_connection_drops(kind: BrokerKind, v: Protoc
             .unwrap();
         assert_eq!(next(&watcher).await.topic, "will/asked");
     }
+}
+
+/// Matrix cell `pubsub`: a message published at `qos` reaches a subscription at `qos`, at
+/// `qos`, not retained.
+async fn pubsub_at_qos(kind: BrokerKind, v: ProtocolVersion, qos: QoS) {
+    let m = TestBroker::start(kind);
+    let sub = connect(&m, v).await;
+    let granted = sub.subscribe_recv("matrix/pubsub", qos).await.unwrap();
+    assert_eq!(granted, qos);
+    let publisher = connect(&m, v).await;
+    publisher
+        .publish_with("matrix/pubsub", "cell", qos)
+        .await
+        .unwrap();
+    let msg = next(&sub).await;
+    assert_eq!(
+        (msg.topic.as_str(), &msg.payload[..], msg.qos, msg.retain),
+        ("matrix/pubsub", &b"cell"[..], qos, false)
+    );
+    publisher.disconnect().await.unwrap();
+    sub.disconnect().await.unwrap();
+}
+
+/// Matrix cell `retained`: a message published retained at `qos` reaches a later subscription
+/// at `qos`, at `qos`, with the RETAIN flag.
+async fn retained_at_qos(kind: BrokerKind, v: ProtocolVersion, qos: QoS) {
+    let m = TestBroker::start(kind);
+    let publisher = connect(&m, v).await;
+    publisher
+        .publish_with(
+            "matrix/retained",
+            "cell",
+            PublishOptions::new().qos(qos).retain(true),
+        )
+        .await
+        .unwrap();
+    // A QoS 1 publish acknowledged after it: the broker has handled the retained one (QoS 0
+    // completes when queued).
+    publisher
+        .publish_with("matrix/sync", "", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let late = connect(&m, v).await;
+    let granted = late.subscribe_recv("matrix/retained", qos).await.unwrap();
+    assert_eq!(granted, qos);
+    let msg = next(&late).await;
+    assert_eq!(
+        (msg.topic.as_str(), &msg.payload[..], msg.qos, msg.retain),
+        ("matrix/retained", &b"cell"[..], qos, true)
+    );
+    publisher.disconnect().await.unwrap();
+    late.disconnect().await.unwrap();
+}
+
+/// Matrix cell `will`: the will (at `qos`) of a client whose connection breaks reaches a
+/// subscription at `qos`, at `qos`.
+async fn will_at_qos(kind: BrokerKind, v: ProtocolVersion, qos: QoS) {
+    let m = TestBroker::start(kind);
+    let watcher = connect(&m, v).await;
+    let granted = watcher.subscribe_recv("matrix/will", qos).await.unwrap();
+    assert_eq!(granted, qos);
+    let proxy = Proxy::start(m.port()).await;
+    let doomed = Client::builder(proxy.addr())
+        .protocol(v)
+        .will(LastWill::new("matrix/will", "cell").qos(qos))
+        .reconnect(ReconnectPolicy::disabled())
+        .connect()
+        .await
+        .unwrap();
+    proxy.cut();
+    within("the client to close", doomed.closed()).await;
+    let msg = next(&watcher).await;
+    assert_eq!(
+        (msg.topic.as_str(), &msg.payload[..], msg.qos, msg.retain),
+        ("matrix/will", &b"cell"[..], qos, false)
+    );
+    watcher.disconnect().await.unwrap();
 }
 
 async fn qos2_is_delivered_exactly_once_in_order(kind: BrokerKind, v: ProtocolVersion) {

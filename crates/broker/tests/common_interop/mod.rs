@@ -10,8 +10,9 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sagitta_broker::{Broker, Config};
@@ -68,6 +69,16 @@ impl TestBroker {
         self.addr.ip().to_string()
     }
 
+    /// How many clients are connected now.
+    pub fn connected(&self) -> u64 {
+        self.broker
+            .as_ref()
+            .expect("broker running")
+            .metrics()
+            .clients_connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Waits (bounded by [`WAIT`]) until exactly `n` clients are connected, i.e. the broker
     /// has finished handling the connections that ended.
     pub async fn wait_connected(&self, n: u64) {
@@ -108,6 +119,60 @@ pub fn require_program(program: &str, advice: &str) {
              (scripts/test-all installs it)"
         ),
     }
+}
+
+/// The Python interpreter to run the scripts with: `python3`'s own executable (resolved once,
+/// which skips wrappers such as pyenv shims). Fails the test with installation advice unless
+/// `python3` can import paho-mqtt 2.x.
+pub fn python() -> &'static Path {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = PYTHON.get_or_init(|| {
+        let probe = "import sys, paho.mqtt, paho.mqtt.client as c; \
+                     assert int(paho.mqtt.__version__.split('.')[0]) >= 2, paho.mqtt.__version__; \
+                     c.CallbackAPIVersion.VERSION2; print(sys.executable)";
+        match std::process::Command::new("python3")
+            .args(["-c", probe])
+            .stdin(Stdio::null())
+            .output()
+        {
+            Err(e) => Err(format!("`python3` cannot be run ({e})")),
+            Ok(out) if !out.status.success() => Err(format!(
+                "`python3` cannot import paho-mqtt 2.x: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Ok(out) => {
+                let exe = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                Ok(if exe.is_empty() {
+                    PathBuf::from("python3")
+                } else {
+                    PathBuf::from(exe)
+                })
+            }
+        }
+    });
+    match found {
+        Ok(path) => path,
+        Err(why) => panic!(
+            "interop test needs python3 with paho-mqtt 2.x: {why}. Install it with \
+             `python3 -m pip install 'paho-mqtt>=2,<3'` (scripts/test-all does)"
+        ),
+    }
+}
+
+/// The path of a script of `tests/mqttjs/`, after checking that Node.js and MQTT.js are
+/// there (fails the test with installation advice if not).
+pub fn mqttjs_script(name: &str) -> String {
+    require_program(
+        "node",
+        "Install Node.js (Debian: `apt-get install nodejs npm`).",
+    );
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mqttjs");
+    assert!(
+        dir.join("node_modules/mqtt/package.json").exists(),
+        "MQTT.js is not installed: run `npm ci --prefix {}` (scripts/test-all does)",
+        dir.display()
+    );
+    dir.join(name).to_string_lossy().into_owned()
 }
 
 /// A running child process, SIGKILLed when dropped, whose stdout is read line by line and
