@@ -1257,6 +1257,14 @@ impl<S: Transport> Conn<S> {
                     _ => "not authorized to publish to this topic",
                 };
                 response.properties.reason_string = MqttStr::new(why).ok();
+                // Not if it makes the acknowledgement too large for the client
+                // [MQTT-3.4.2-2] [MQTT-3.5.2-2].
+                if Packet::PubAck(response.clone())
+                    .encoded_len(self.version)
+                    .is_ok_and(|len| len > self.client_max_packet)
+                {
+                    response.properties.reason_string = None;
+                }
             }
             match p.qos {
                 QoS::AtLeastOnce => self.send_ack(Packet::PubAck(response), ticket),
