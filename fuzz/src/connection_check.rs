@@ -55,11 +55,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use sagitta_broker::{Broker, Config};
 use sagitta_proto::{
-    Auth, AuthProperties, Connect, ConnectProperties, Disconnect,
-    DisconnectProperties, MqttStr, Packet, ProtocolVersion, PubResponse, Publish,
-    PublishProperties, QoS, ReasonCode, RetainHandling, Subscribe, SubscribeProperties,
-    SubscriptionId, SubscriptionOptions, TopicFilter, TopicName, Unsubscribe,
-    UnsubscribeProperties, Will, WillProperties, decode,
+    Auth, AuthProperties, Connect, ConnectProperties, Disconnect, DisconnectProperties, MqttStr,
+    Packet, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode,
+    RetainHandling, Subscribe, SubscribeProperties, SubscriptionId, SubscriptionOptions,
+    TopicFilter, TopicName, Unsubscribe, UnsubscribeProperties, Will, WillProperties, decode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
@@ -75,7 +74,16 @@ pub const SLOTS: usize = 3;
 /// Client ids a script uses (the probe uses another): the empty one asks the broker for one.
 const CLIENT_IDS: [&str; 4] = ["a", "b", "c", ""];
 /// Topic names a script publishes to; the empty one needs a 5.0 topic alias.
-const TOPICS: [&str; 8] = ["a", "a/b", "a/b/c", "b/c", "$SYS/x", "a/b/c/d/e/f", "", "a/b"];
+const TOPICS: [&str; 8] = [
+    "a",
+    "a/b",
+    "a/b/c",
+    "b/c",
+    "$SYS/x",
+    "a/b/c/d/e/f",
+    "",
+    "a/b",
+];
 /// Topic filters a script subscribes to.
 const FILTERS: [&str; 12] = [
     "a",
@@ -446,10 +454,7 @@ impl Model {
                 self.version = Some(c.protocol);
                 self.clean_start = c.clean_start;
                 if c.protocol.is_v5() {
-                    self.max_packet = c
-                        .properties
-                        .maximum_packet_size
-                        .map(|m| m.get() as usize);
+                    self.max_packet = c.properties.maximum_packet_size.map(|m| m.get() as usize);
                     self.receive_max = c
                         .properties
                         .receive_maximum
@@ -608,7 +613,10 @@ impl Model {
             Packet::PingResp => {
                 self.pongs += 1;
                 if self.pongs > self.pings {
-                    self.fail(format!("{} PINGRESPs for {} PINGREQs", self.pongs, self.pings));
+                    self.fail(format!(
+                        "{} PINGRESPs for {} PINGREQs",
+                        self.pongs, self.pings
+                    ));
                 }
             }
             Packet::Disconnect(_) if v5 => self.disconnected = true,
@@ -834,7 +842,10 @@ async fn read_loop(
     }
     let mut m = lock(&model);
     if !buf.is_empty() && m.version.is_some() {
-        m.fail(format!("{} bytes of a partial packet before the close", buf.len()));
+        m.fail(format!(
+            "{} bytes of a partial packet before the close",
+            buf.len()
+        ));
     }
     m.eof = true;
 }
@@ -884,7 +895,8 @@ fn connect_packet(op: &Op) -> Packet {
             retain: flags & 4 != 0,
             properties: if v5 {
                 WillProperties {
-                    will_delay_interval: [None, Some(0), Some(1)][usize::from((extras >> 3) & 3) % 3],
+                    will_delay_interval: [None, Some(0), Some(1)]
+                        [usize::from((extras >> 3) & 3) % 3],
                     message_expiry_interval: (extras & 32 != 0).then_some(1),
                     ..WillProperties::default()
                 }
@@ -903,8 +915,12 @@ fn connect_packet(op: &Op) -> Packet {
         c.properties = ConnectProperties {
             session_expiry_interval: [None, Some(0), Some(30), Some(u32::MAX)]
                 [usize::from(op.arg(4) % 4)],
-            receive_maximum: [None, NonZeroU16::new(1), NonZeroU16::new(2), NonZeroU16::new(100)]
-                [usize::from(op.arg(5) % 4)],
+            receive_maximum: [
+                None,
+                NonZeroU16::new(1),
+                NonZeroU16::new(2),
+                NonZeroU16::new(100),
+            ][usize::from(op.arg(5) % 4)],
             maximum_packet_size: [
                 None,
                 NonZeroU32::new(32),
@@ -1269,7 +1285,8 @@ async fn probe(env: &mut Env, v5: bool) -> Result<(), String> {
     let talk = async {
         let mut out = BytesMut::new();
         let mut rx = BytesMut::new();
-        let encode = |p: Packet, out: &mut BytesMut| p.encode(version, out).map_err(|e| e.to_string());
+        let encode =
+            |p: Packet, out: &mut BytesMut| p.encode(version, out).map_err(|e| e.to_string());
         encode(Packet::Connect(Box::new(c)), &mut out)?;
         encode(subscribe, &mut out)?;
         let (mut connected, mut subscribed, mut acked, mut received) = (false, false, false, false);
