@@ -1424,8 +1424,32 @@ impl<S: Transport> Conn<S> {
                     let mut publish = self.build_publish(&d, Instant::now());
                     publish.packet_id = Some(id);
                     publish.dup = true;
+                    let publish = Packet::Publish(publish);
+                    // The client may have come back with a smaller Maximum Packet Size than the
+                    // message was sent under: drop it rather than send it [MQTT-3.1.2-24].
+                    if publish
+                        .encoded_len(self.version)
+                        .is_ok_and(|len| len > self.client_max_packet)
+                    {
+                        let removed = match stage {
+                            Stage::AwaitingPubAck => self.state.outbound.puback(id).ok(),
+                            _ => match self
+                                .state
+                                .outbound
+                                .pubrec(id, ReasonCode::PacketTooLarge)
+                            {
+                                Ok(PubRecOutcome::Refused(d, _)) => Some(d),
+                                _ => None,
+                            },
+                        };
+                        if let Some(d) = removed {
+                            Metrics::add(&self.shared.metrics.dropped_too_large, 1);
+                            self.shared.done(&self.entry, &d);
+                        }
+                        continue;
+                    }
                     crate::metrics::count_sent(d.qos, d.msg.payload.len());
-                    self.send(Packet::Publish(publish));
+                    self.send(publish);
                 }
             }
         }

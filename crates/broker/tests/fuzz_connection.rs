@@ -77,10 +77,15 @@ fn regressions_pass_the_fuzz_property() {
     if !dir.exists() {
         return;
     }
+    // Every input, then the list of those that failed.
+    let mut failed = Vec::new();
     for (name, data) in files(&dir) {
         println!("replaying regression {name}");
-        replay(&name, &data);
+        if std::panic::catch_unwind(|| replay(&name, &data)).is_err() {
+            failed.push(name);
+        }
     }
+    assert!(failed.is_empty(), "regressions failed: {failed:?}");
 }
 
 /// Mutations of the seeds (byte flips, insertions, deletions, splices), from a fixed seed,
