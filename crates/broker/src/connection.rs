@@ -1433,11 +1433,7 @@ impl<S: Transport> Conn<S> {
                     {
                         let removed = match stage {
                             Stage::AwaitingPubAck => self.state.outbound.puback(id).ok(),
-                            _ => match self
-                                .state
-                                .outbound
-                                .pubrec(id, ReasonCode::PacketTooLarge)
-                            {
+                            _ => match self.state.outbound.pubrec(id, ReasonCode::PacketTooLarge) {
                                 Ok(PubRecOutcome::Refused(d, _)) => Some(d),
                                 _ => None,
                             },
