@@ -462,6 +462,8 @@ pub struct Broker {
     files: Arc<AuthFiles>,
     /// The operators' HTTP listener, if configured.
     http: Option<HttpServer>,
+    /// The first listener and the connection limit, for [`Broker::serve_stream`].
+    first: Option<(Arc<Listener>, Arc<Semaphore>)>,
 }
 
 /// A cheap handle that can stop the broker, or reload its TLS certificates, from anywhere.
@@ -570,6 +572,7 @@ impl Broker {
             tls: Arc::from(Vec::new()),
             files: Arc::default(),
             http: None,
+            first: None,
         };
         let limit = Arc::new(Semaphore::new(broker.shared.config.max_connections));
         broker.run_listener(listener, Arc::new(info), None, &limit);
@@ -636,6 +639,7 @@ impl Broker {
             tls: Arc::from(Vec::new()),
             files: Arc::default(),
             http: None,
+            first: None,
         };
         let limit = Arc::new(Semaphore::new(broker.shared.config.max_connections));
         let mut tls_states = Vec::new();
@@ -679,6 +683,9 @@ impl Broker {
         info!(addr = %info.local_addr, name = %info.name, anonymous = info.allow_anonymous, "listening ({transport}{path}{certs})");
         self.local_addrs.push(info.local_addr);
         self.listeners.push(info.clone());
+        if self.first.is_none() {
+            self.first = Some((listener.clone(), limit.clone()));
+        }
         self.shared.tracker.spawn(crate::listener::accept_loop(
             self.shared.clone(),
             socket,
@@ -725,6 +732,27 @@ impl Broker {
     pub fn publish(&self, topic: TopicName, payload: impl Into<Bytes>, qos: QoS, retain: bool) {
         let msg = Arc::new(Message::new(topic, payload.into(), qos, retain));
         self.shared.publish(msg, &mut Vec::new());
+    }
+
+    /// Serves `stream` as a connection accepted by the first listener, with that listener's
+    /// authentication and the broker's connection limits, but as plain MQTT: no TLS
+    /// handshake, no WebSocket upgrade. `peer` is the address it is known by (logs, admin
+    /// API). Returns `false` if the connection limits refuse it (the stream is dropped).
+    ///
+    /// For tests and fuzzing without sockets (a `tokio::io::duplex` pair stands in for a
+    /// TCP connection; see `fuzz/`). Must be called within the broker's tokio runtime. Not
+    /// part of the supported API.
+    #[doc(hidden)]
+    pub fn serve_stream<S>(&self, stream: S, peer: SocketAddr) -> bool
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        match &self.first {
+            Some((listener, limit)) => {
+                crate::listener::serve_stream(&self.shared, stream, peer, listener, limit)
+            }
+            None => false,
+        }
     }
 
     /// Broker-wide counters.

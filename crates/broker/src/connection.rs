@@ -185,6 +185,46 @@ impl Transport for tokio::net::TcpStream {
     }
 }
 
+/// Any byte stream, served as a socket that cannot tell its readiness
+/// (`Broker::serve_stream`: in-memory streams in tests and fuzzing).
+pub(crate) struct AnyStream<S>(pub S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for AnyStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for AnyStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for AnyStream<S> {}
+
 /// The socket and its buffers.
 struct Io<S> {
     stream: S,
@@ -410,6 +450,31 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
     buf.get(header_len + 2 + usize::from(name_len)).copied()
 }
 
+/// Makes a successful 5.0 CONNACK fit the client's Maximum Packet Size [MQTT-3.1.2-24] by
+/// leaving out what the client can do without: Reason String and User Properties (never sent
+/// if too large [MQTT-3.2.2-19] [MQTT-3.2.2-20]), Response Information, then Topic Alias
+/// Maximum (absent means 0: the client uses no aliases, which is always allowed). Whether it
+/// fits then; the rest (assigned client id, limits the client must respect) cannot go.
+fn fit_connack(ack: &mut ConnAck, max: usize) -> bool {
+    let fits = |ack: &ConnAck| {
+        Packet::ConnAck(ack.clone())
+            .encoded_len(ProtocolVersion::V5)
+            .is_ok_and(|len| len <= max)
+    };
+    if fits(ack) {
+        return true;
+    }
+    let p = &mut ack.properties;
+    p.reason_string = None;
+    p.user_properties = Vec::new();
+    p.response_information = None;
+    if fits(ack) {
+        return true;
+    }
+    ack.properties.topic_alias_maximum = None;
+    fits(ack)
+}
+
 /// Checks CONNECT, claims the session and sends CONNACK: the connection, ready to run, or
 /// `None` if it was refused.
 async fn handshake<S>(
@@ -424,9 +489,20 @@ where
 {
     let version = connect.protocol;
     let v5 = version.is_v5();
+    let client_max_packet = connect
+        .properties
+        .maximum_packet_size
+        .map_or(usize::MAX, |n| n.get() as usize);
     let refuse = |io: &mut Io<S>, reason: ReasonCode| {
         shared.metrics.refused(Refused::from_reason(reason));
-        io.send(&Packet::ConnAck(ConnAck::new(false, reason)), version);
+        let ack = Packet::ConnAck(ConnAck::new(false, reason));
+        // Not even that if the client's Maximum Packet Size is below 5 bytes [MQTT-3.1.2-24].
+        if ack
+            .encoded_len(version)
+            .is_ok_and(|len| len <= client_max_packet)
+        {
+            io.send(&ack, version);
+        }
     };
 
     // Client identifier [MQTT-3.1.3-6] [MQTT-3.1.3-8].
@@ -564,6 +640,38 @@ where
         connect.keep_alive
     };
 
+    let mut ack = ConnAck::new(false, ReasonCode::Success);
+    if v5 {
+        let p = &mut ack.properties;
+        p.assigned_client_identifier = assigned.and_then(|id| MqttStr::new(id).ok());
+        p.receive_maximum = std::num::NonZeroU16::new(shared.config.receive_maximum);
+        p.maximum_packet_size = std::num::NonZeroU32::new(shared.config.max_packet_size);
+        p.topic_alias_maximum = Some(shared.config.topic_alias_maximum);
+        if shared.config.maximum_qos < 2 {
+            p.maximum_qos = QoS::from_u8(shared.config.maximum_qos);
+        }
+        if !shared.config.retain_available {
+            p.retain_available = Some(false);
+        }
+        if expiry != requested_expiry {
+            p.session_expiry_interval = Some(expiry);
+        }
+        if keep_alive != connect.keep_alive {
+            p.server_keep_alive = Some(keep_alive);
+        }
+        if let Some((name, _)) = &method {
+            // A successful CONNACK names the CONNECT's method [MQTT-4.12.0-5].
+            p.authentication_method = Some(name.clone());
+            p.authentication_data = auth_data.map(Into::into);
+        }
+        if client_max_packet < usize::MAX && !fit_connack(&mut ack, client_max_packet) {
+            info!(%peer, client_id = &*client_id, max = client_max_packet, "connection refused: the client's Maximum Packet Size is too small for CONNACK");
+            refuse(&mut io, ReasonCode::PacketTooLarge);
+            let _ = io.flush().await;
+            return None;
+        }
+    }
+
     // Claim the session; a connection holding it is told to let go, and we wait for it.
     let conn_id = shared.next_conn_id();
     let kick = Arc::new(Kick::default());
@@ -611,31 +719,7 @@ where
         .outbound
         .set_limit(client_receive_max.min(shared.config.max_inflight));
 
-    let mut ack = ConnAck::new(session_present, ReasonCode::Success);
-    if v5 {
-        let p = &mut ack.properties;
-        p.assigned_client_identifier = assigned.and_then(|id| MqttStr::new(id).ok());
-        p.receive_maximum = std::num::NonZeroU16::new(shared.config.receive_maximum);
-        p.maximum_packet_size = std::num::NonZeroU32::new(shared.config.max_packet_size);
-        p.topic_alias_maximum = Some(shared.config.topic_alias_maximum);
-        if shared.config.maximum_qos < 2 {
-            p.maximum_qos = QoS::from_u8(shared.config.maximum_qos);
-        }
-        if !shared.config.retain_available {
-            p.retain_available = Some(false);
-        }
-        if expiry != requested_expiry {
-            p.session_expiry_interval = Some(expiry);
-        }
-        if keep_alive != connect.keep_alive {
-            p.server_keep_alive = Some(keep_alive);
-        }
-        if let Some((name, _)) = &method {
-            // A successful CONNACK names the CONNECT's method [MQTT-4.12.0-5].
-            p.authentication_method = Some(name.clone());
-            p.authentication_data = auth_data.map(Into::into);
-        }
-    }
+    ack.session_present = session_present;
     io.send(&Packet::ConnAck(ack), version);
     entry.set_connected(true);
     shared.metrics.client_connected();
@@ -648,10 +732,6 @@ where
     });
     info!(%peer, client_id = &*client_id, username = username.as_deref(), protocol = %version, keep_alive, clean_start = connect.clean_start, session_present, "client connected");
 
-    let client_max_packet = connect
-        .properties
-        .maximum_packet_size
-        .map_or(usize::MAX, |n| n.get() as usize);
     let alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
     let problem_info = connect
         .properties
@@ -1362,8 +1442,28 @@ impl<S: Transport> Conn<S> {
                     let mut publish = self.build_publish(&d, Instant::now());
                     publish.packet_id = Some(id);
                     publish.dup = true;
+                    let publish = Packet::Publish(publish);
+                    // The client may have come back with a smaller Maximum Packet Size than the
+                    // message was sent under: drop it rather than send it [MQTT-3.1.2-24].
+                    if publish
+                        .encoded_len(self.version)
+                        .is_ok_and(|len| len > self.client_max_packet)
+                    {
+                        let removed = match stage {
+                            Stage::AwaitingPubAck => self.state.outbound.puback(id).ok(),
+                            _ => match self.state.outbound.pubrec(id, ReasonCode::PacketTooLarge) {
+                                Ok(PubRecOutcome::Refused(d, _)) => Some(d),
+                                _ => None,
+                            },
+                        };
+                        if let Some(d) = removed {
+                            Metrics::add(&self.shared.metrics.dropped_too_large, 1);
+                            self.shared.done(&self.entry, &d);
+                        }
+                        continue;
+                    }
                     crate::metrics::count_sent(d.qos, d.msg.payload.len());
-                    self.send(Packet::Publish(publish));
+                    self.send(publish);
                 }
             }
         }

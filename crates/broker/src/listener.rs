@@ -309,29 +309,8 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        if !shared.admit_connection() {
-            shared.metrics.refused(Refused::Rate);
+        let Some(permit) = admit(&shared, &listener, &limit, peer) else {
             continue;
-        }
-        let Ok(global) = limit.clone().try_acquire_owned() else {
-            warn!(%peer, max = shared.config.max_connections, "connection limit reached, refusing");
-            shared.metrics.refused(Refused::Limit);
-            continue;
-        };
-        let own = match &listener.limit {
-            None => None,
-            Some((max, own)) => match own.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    warn!(%peer, listener = %listener.info.name, max, "listener connection limit reached, refusing");
-                    shared.metrics.refused(Refused::Limit);
-                    continue;
-                }
-            },
-        };
-        let permit = Slot {
-            _global: global,
-            _listener: own,
         };
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "cannot set TCP_NODELAY");
@@ -365,6 +344,70 @@ pub(crate) async fn accept_loop(
             }
         }
     }
+}
+
+/// Takes a new connection's places under `max_connection_rate`, `max_connections` and the
+/// listener's own limit, or refuses it (counted, and logged).
+fn admit(
+    shared: &Shared,
+    listener: &Listener,
+    limit: &Arc<Semaphore>,
+    peer: SocketAddr,
+) -> Option<Slot> {
+    if !shared.admit_connection() {
+        shared.metrics.refused(Refused::Rate);
+        return None;
+    }
+    let Ok(global) = limit.clone().try_acquire_owned() else {
+        warn!(%peer, max = shared.config.max_connections, "connection limit reached, refusing");
+        shared.metrics.refused(Refused::Limit);
+        return None;
+    };
+    let own = match &listener.limit {
+        None => None,
+        Some((max, own)) => match own.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                warn!(%peer, listener = %listener.info.name, max, "listener connection limit reached, refusing");
+                shared.metrics.refused(Refused::Limit);
+                return None;
+            }
+        },
+    };
+    Some(Slot {
+        _global: global,
+        _listener: own,
+    })
+}
+
+/// Serves an already connected byte stream as plain MQTT (no TLS, no WebSocket upgrade) on
+/// `listener`, under the same limits as an accepted socket: `false` if they refuse it.
+/// `Broker::serve_stream` (tests and fuzzing) is the only user.
+pub(crate) fn serve_stream<S>(
+    shared: &Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    listener: &Arc<Listener>,
+    limit: &Arc<Semaphore>,
+) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(slot) = admit(shared, listener, limit, peer) else {
+        return false;
+    };
+    let ctx = ConnContext {
+        listener: listener.clone(),
+        certificate: None,
+    };
+    shared.tracker.spawn(crate::connection::serve(
+        shared.clone(),
+        crate::connection::AnyStream(stream),
+        peer,
+        ctx,
+        slot,
+    ));
+    true
 }
 
 /// A connection's places under `max_connections`, given back when it closes.
