@@ -266,19 +266,30 @@ impl<S: Transport> Io<S> {
         Ok(n)
     }
 
+    /// Writes the output buffer out. Cancel-safe: each write takes what it wrote off the
+    /// buffer, so a flush given up half-way (takeover, shutdown) leaves exactly the unwritten
+    /// tail for the next one, and the peer never sees bytes twice.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
-            // TLS streams may keep the tail of a write buffered (a no-op for TCP).
-            self.stream.flush().await?;
-            self.bytes_out += self.wbuf.len() as u64;
-            self.wbuf.clear();
-            // Give back a large buffer, and a small one on a quiet connection: an idle
-            // client then holds no write buffer (its last write was CONNACK or a PINGRESP).
-            let quiet = self.read_chunk == READ_MIN && self.wbuf.capacity() <= 1024;
-            if quiet || self.wbuf.capacity() > 2 * WRITE_HIGH_WATER {
-                self.wbuf = BytesMut::new();
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let capacity = self.wbuf.capacity();
+        while !self.wbuf.is_empty() {
+            let n = self.stream.write_buf(&mut self.wbuf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
             }
+            self.bytes_out += n as u64;
+        }
+        // TLS streams may keep the tail of a write buffered (a no-op for TCP).
+        self.stream.flush().await?;
+        // Give back a large buffer, and a small one on a quiet connection: an idle client
+        // then holds no write buffer (its last write was CONNACK or a PINGRESP).
+        let quiet = self.read_chunk == READ_MIN && capacity <= 1024;
+        if quiet || capacity > 2 * WRITE_HIGH_WATER {
+            self.wbuf = BytesMut::new();
+        } else {
+            self.wbuf.clear();
         }
         Ok(())
     }
