@@ -99,3 +99,101 @@ async fn takeover_during_a_partial_write_sends_no_byte_twice() {
     );
     broker.shutdown().await;
 }
+
+/// How long a test waits for packets it expects.
+const LONG: Duration = Duration::from_secs(5);
+
+/// Reads packets from `stream` until `n` arrived (or `wait` passed: then what came).
+async fn read_packets(
+    stream: &mut DuplexStream,
+    rx: &mut BytesMut,
+    n: usize,
+    wait: Duration,
+) -> Vec<Packet> {
+    let mut packets = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        loop {
+            while let Some(p) = decode(rx, ProtocolVersion::V5, usize::MAX).unwrap() {
+                packets.push(p);
+            }
+            if packets.len() >= n || stream.read_buf(rx).await.unwrap() == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+    packets
+}
+
+/// Regression (found by the `connection` fuzz target): messages in flight when a session's
+/// connection ended were all sent again on the next one, even past the smaller Receive
+/// Maximum the client came back with [MQTT-3.3.4-9]. The rest now follows as acknowledgements
+/// free room, in order.
+#[tokio::test]
+async fn resent_messages_respect_a_smaller_receive_maximum() {
+    let mut config = Config::default()
+        .listen([SocketAddr::from(([127, 0, 0, 1], 0))])
+        .in_memory();
+    config.sys_interval = 0;
+    let broker = Broker::start(config).await.unwrap();
+    let session = |receive_maximum: u16| {
+        let mut c = Connect::new(ProtocolVersion::V5, MqttStr::new("r".to_owned()).unwrap());
+        c.keep_alive = 60;
+        c.clean_start = receive_maximum == 10;
+        c.properties.session_expiry_interval = Some(60);
+        c.properties.receive_maximum = NonZeroU16::new(receive_maximum);
+        Packet::Connect(Box::new(c))
+    };
+    let subscribe = Packet::Subscribe(Subscribe {
+        packet_id: NonZeroU16::MIN,
+        filters: vec![(
+            TopicFilter::new("t").unwrap(),
+            SubscriptionOptions::new(QoS::AtLeastOnce),
+        )],
+        properties: SubscribeProperties::default(),
+    });
+    let mut first = open(&broker, 4096).await;
+    let mut rx = BytesMut::new();
+    first
+        .write_all(&encode(&[session(10), subscribe]))
+        .await
+        .unwrap();
+    read_packets(&mut first, &mut rx, 2, LONG).await;
+    for _ in 0..3 {
+        broker.publish(TopicName::new("t").unwrap(), "m", QoS::AtLeastOnce, false);
+    }
+    let sent = read_packets(&mut first, &mut rx, 3, LONG).await;
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // Back with Receive Maximum 1 and none of the three acknowledged.
+    let mut second = open(&broker, 4096).await;
+    let mut rx = BytesMut::new();
+    second.write_all(&encode(&[session(1)])).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let got = read_packets(&mut second, &mut rx, 1, LONG).await;
+        let publishes: Vec<_> = got
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(publishes.len(), 1, "one message at a time: {got:?}");
+        assert!(publishes[0].dup);
+        let id = publishes[0].packet_id.unwrap();
+        ids.push(id.get());
+        // Nothing more until the acknowledgement.
+        assert!(
+            read_packets(&mut second, &mut rx, 1, Duration::from_millis(200))
+                .await
+                .is_empty()
+        );
+        let ack = Packet::PubAck(sagitta_proto::PubResponse::new(id));
+        second.write_all(&encode(&[ack])).await.unwrap();
+    }
+    assert_eq!(ids, [1, 2, 3], "in their original order");
+    broker.shutdown().await;
+}
