@@ -266,19 +266,30 @@ impl<S: Transport> Io<S> {
         Ok(n)
     }
 
+    /// Writes the output buffer out. Cancel-safe: each write takes what it wrote off the
+    /// buffer, so a flush given up half-way (takeover, shutdown) leaves exactly the unwritten
+    /// tail for the next one, and the peer never sees bytes twice.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
-            // TLS streams may keep the tail of a write buffered (a no-op for TCP).
-            self.stream.flush().await?;
-            self.bytes_out += self.wbuf.len() as u64;
-            self.wbuf.clear();
-            // Give back a large buffer, and a small one on a quiet connection: an idle
-            // client then holds no write buffer (its last write was CONNACK or a PINGRESP).
-            let quiet = self.read_chunk == READ_MIN && self.wbuf.capacity() <= 1024;
-            if quiet || self.wbuf.capacity() > 2 * WRITE_HIGH_WATER {
-                self.wbuf = BytesMut::new();
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let capacity = self.wbuf.capacity();
+        while !self.wbuf.is_empty() {
+            let n = self.stream.write_buf(&mut self.wbuf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
             }
+            self.bytes_out += n as u64;
+        }
+        // TLS streams may keep the tail of a write buffered (a no-op for TCP).
+        self.stream.flush().await?;
+        // Give back a large buffer, and a small one on a quiet connection: an idle client
+        // then holds no write buffer (its last write was CONNACK or a PINGRESP).
+        let quiet = self.read_chunk == READ_MIN && capacity <= 1024;
+        if quiet || capacity > 2 * WRITE_HIGH_WATER {
+            self.wbuf = BytesMut::new();
+        } else {
+            self.wbuf.clear();
         }
         Ok(())
     }
@@ -781,6 +792,7 @@ where
         gate: None,
         out_ticket: 0,
         reauth,
+        unsent: None,
     };
     conn.resend_inflight();
     Some(conn)
@@ -837,6 +849,9 @@ struct Conn<S> {
     out_ticket: u64,
     /// The enhanced authentication the client connected with, for re-authentication.
     reauth: Option<Box<Reauth>>,
+    /// Messages in flight from an earlier connection not sent again yet, because the
+    /// client came back with a smaller Receive Maximum: sent as acknowledgements free room.
+    unsent: Option<Box<std::collections::VecDeque<sagitta_proto::PacketId>>>,
 }
 
 /// Acknowledgements of QoS 1/2 publishes held until the store has made them durable, in the
@@ -958,6 +973,9 @@ impl<S: Transport> Conn<S> {
                 Ok(Some(packet)) => {
                     if let Some(close) = self.handle(packet) {
                         return Some(close);
+                    }
+                    if self.unsent.is_some() {
+                        self.resend_unsent();
                     }
                 }
                 Ok(None) => return None,
@@ -1427,7 +1445,10 @@ impl<S: Transport> Conn<S> {
         })
     }
 
-    /// Sends again what was in flight when the session's previous connection ended, in order.
+    /// Sends again what was in flight when the session's last connection ended, in order:
+    /// PUBLISH with DUP, or PUBREL [MQTT-4.4.0-1]; no more than the window allows now (the
+    /// client may have come back with a smaller Receive Maximum [MQTT-3.3.4-9]): the rest
+    /// waits in `unsent`.
     fn resend_inflight(&mut self) {
         let resend: Vec<(sagitta_proto::PacketId, Stage, Delivery)> = self
             .state
@@ -1435,38 +1456,81 @@ impl<S: Transport> Conn<S> {
             .resend()
             .map(|(id, stage, d)| (id, stage, d.clone()))
             .collect();
+        let limit = self.state.outbound.limit();
+        let mut sent = 0;
+        let mut unsent = std::collections::VecDeque::new();
         for (id, stage, d) in resend {
-            match stage {
-                Stage::AwaitingPubComp => self.send(Packet::PubRel(PubResponse::new(id))),
-                _ => {
-                    let mut publish = self.build_publish(&d, Instant::now());
-                    publish.packet_id = Some(id);
-                    publish.dup = true;
-                    let publish = Packet::Publish(publish);
-                    // The client may have come back with a smaller Maximum Packet Size than the
-                    // message was sent under: drop it rather than send it [MQTT-3.1.2-24].
-                    if publish
-                        .encoded_len(self.version)
-                        .is_ok_and(|len| len > self.client_max_packet)
-                    {
-                        let removed = match stage {
-                            Stage::AwaitingPubAck => self.state.outbound.puback(id).ok(),
-                            _ => match self.state.outbound.pubrec(id, ReasonCode::PacketTooLarge) {
-                                Ok(PubRecOutcome::Refused(d, _)) => Some(d),
-                                _ => None,
-                            },
-                        };
-                        if let Some(d) = removed {
-                            Metrics::add(&self.shared.metrics.dropped_too_large, 1);
-                            self.shared.done(&self.entry, &d);
-                        }
-                        continue;
-                    }
-                    crate::metrics::count_sent(d.qos, d.msg.payload.len());
-                    self.send(publish);
-                }
+            if sent >= limit {
+                unsent.push_back(id);
+            } else if self.resend(id, stage, &d) {
+                sent += 1;
             }
         }
+        if !unsent.is_empty() {
+            self.unsent = Some(Box::new(unsent));
+        }
+    }
+
+    /// Sends again what waits in `unsent`, as far as the window allows now.
+    fn resend_unsent(&mut self) {
+        let Some(mut unsent) = self.unsent.take() else {
+            return;
+        };
+        // The client may have acknowledged some without being sent them again.
+        unsent.retain(|id| self.state.outbound.contains(*id));
+        let limit = self.state.outbound.limit();
+        while self.state.outbound.len() - unsent.len() < limit {
+            let Some(id) = unsent.pop_front() else {
+                break;
+            };
+            let found = self
+                .state
+                .outbound
+                .resend()
+                .find(|(i, _, _)| *i == id)
+                .map(|(_, stage, d)| (stage, d.clone()));
+            if let Some((stage, d)) = found {
+                self.resend(id, stage, &d);
+            }
+        }
+        if !unsent.is_empty() {
+            self.unsent = Some(unsent);
+        }
+    }
+
+    /// Sends one message in flight again: whether it was sent (else it was too large for
+    /// the client and is dropped).
+    fn resend(&mut self, id: sagitta_proto::PacketId, stage: Stage, d: &Delivery) -> bool {
+        if stage == Stage::AwaitingPubComp {
+            self.send(Packet::PubRel(PubResponse::new(id)));
+            return true;
+        }
+        let mut publish = self.build_publish(d, Instant::now());
+        publish.packet_id = Some(id);
+        publish.dup = true;
+        let publish = Packet::Publish(publish);
+        // The client may have come back with a smaller Maximum Packet Size than the message
+        // was sent under: drop it rather than send it [MQTT-3.1.2-24].
+        if publish
+            .encoded_len(self.version)
+            .is_ok_and(|len| len > self.client_max_packet)
+        {
+            let removed = match stage {
+                Stage::AwaitingPubAck => self.state.outbound.puback(id).ok(),
+                _ => match self.state.outbound.pubrec(id, ReasonCode::PacketTooLarge) {
+                    Ok(PubRecOutcome::Refused(d, _)) => Some(d),
+                    _ => None,
+                },
+            };
+            if let Some(d) = removed {
+                Metrics::add(&self.shared.metrics.dropped_too_large, 1);
+                self.shared.done(&self.entry, &d);
+            }
+            return false;
+        }
+        crate::metrics::count_sent(d.qos, d.msg.payload.len());
+        self.send(publish);
+        true
     }
 
     /// Moves messages from the session's mailbox to the output buffer, as far as the

@@ -98,6 +98,11 @@ impl<T> OutboundWindow<T> {
         self.slots.len()
     }
 
+    /// How many messages may be in flight at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// True if nothing is in flight.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
