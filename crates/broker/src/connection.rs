@@ -851,6 +851,8 @@ struct Conn<S> {
     reauth: Option<Box<Reauth>>,
     /// Messages in flight from an earlier connection not sent again yet, because the
     /// client came back with a smaller Receive Maximum: sent as acknowledgements free room.
+    /// Boxed: one pointer on every connection instead of a `VecDeque` header, for a rare case.
+    #[allow(clippy::box_collection)]
     unsent: Option<Box<std::collections::VecDeque<sagitta_proto::PacketId>>>,
 }
 
