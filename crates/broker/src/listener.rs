@@ -425,10 +425,13 @@ async fn serve_tls(
     tls: &TlsState,
     slot: Slot,
 ) {
-    let span = info_span!("tls", %peer, listener = %listener.info.name);
-    let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
-    let Some((stream, certificate)) = tls_handshake(&shared, stream, tls, deadline, &span).await
-    else {
+    let handshake = async {
+        // The span ends with the handshake: it is not kept for the connection's life.
+        let span = info_span!("tls", %peer, listener = %listener.info.name);
+        let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
+        tls_handshake(&shared, stream, tls, deadline, &span).await
+    };
+    let Some((stream, certificate)) = handshake.await else {
         return;
     };
     let ctx = ConnContext {
@@ -483,6 +486,9 @@ async fn tls_handshake(
 
 /// A WebSocket listener's connection: the TLS handshake (`wss`) and the HTTP upgrade, both
 /// within one connect timeout, then the MQTT connection over binary frames.
+///
+/// The handshakes run as a future of their own on the heap (several KiB with TLS): the task
+/// keeps only the MQTT connection's small future afterwards, as on a TCP listener.
 async fn serve_ws(
     shared: Arc<Shared>,
     stream: tokio::net::TcpStream,
@@ -491,54 +497,80 @@ async fn serve_ws(
     tls: Option<&TlsState>,
     slot: Slot,
 ) {
+    let opened = Box::pin(open_ws(&shared, stream, peer, &listener, tls)).await;
+    match opened {
+        Some(WsOpened::Plain(stream)) => {
+            let ctx = ConnContext {
+                listener,
+                certificate: None,
+            };
+            crate::connection::serve(shared, stream, peer, ctx, slot).await;
+        }
+        Some(WsOpened::Tls(stream, certificate)) => {
+            let ctx = ConnContext {
+                listener,
+                certificate,
+            };
+            crate::connection::serve(shared, stream, peer, ctx, slot).await;
+        }
+        None => {}
+    }
+}
+
+/// A WebSocket connection after its handshakes.
+#[allow(clippy::large_enum_variant)] // Passed on once, never kept: boxing would only add a copy.
+enum WsOpened {
+    /// `ws`.
+    Plain(crate::ws::WsStream<tokio::net::TcpStream>),
+    /// `wss`, with the client's certificate if it showed one.
+    Tls(
+        crate::ws::WsStream<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+        Option<ClientCertificate>,
+    ),
+}
+
+/// The TLS handshake (`wss`) and the WebSocket upgrade; `None` if either failed (logged and
+/// counted).
+async fn open_ws(
+    shared: &Shared,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    listener: &Listener,
+    tls: Option<&TlsState>,
+) -> Option<WsOpened> {
     let span = info_span!("ws", %peer, listener = %listener.info.name);
     let deadline = tokio::time::Instant::now() + shared.config.connect_timeout();
     match tls {
-        None => upgrade_and_serve(shared, stream, peer, listener, None, slot, deadline, span).await,
+        None => upgrade(shared, stream, listener, deadline, &span)
+            .await
+            .map(WsOpened::Plain),
         Some(tls) => {
-            let Some((stream, certificate)) =
-                tls_handshake(&shared, stream, tls, deadline, &span).await
-            else {
-                return;
-            };
-            upgrade_and_serve(
-                shared,
-                stream,
-                peer,
-                listener,
-                certificate,
-                slot,
-                deadline,
-                span,
-            )
-            .await;
+            let (stream, certificate) = tls_handshake(shared, stream, tls, deadline, &span).await?;
+            upgrade(shared, stream, listener, deadline, &span)
+                .await
+                .map(|s| WsOpened::Tls(s, certificate))
         }
     }
 }
 
-/// The WebSocket upgrade on `stream` until `deadline`, then the MQTT connection.
-#[allow(clippy::too_many_arguments)]
-async fn upgrade_and_serve<S>(
-    shared: Arc<Shared>,
+/// The WebSocket upgrade on `stream` until `deadline`.
+async fn upgrade<S>(
+    shared: &Shared,
     stream: S,
-    peer: SocketAddr,
-    listener: Arc<Listener>,
-    certificate: Option<ClientCertificate>,
-    slot: Slot,
+    listener: &Listener,
     deadline: tokio::time::Instant,
-    span: tracing::Span,
-) where
+    span: &tracing::Span,
+) -> Option<crate::ws::WsStream<S>>
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    let Some(settings) = &listener.ws else {
-        return;
-    };
+    let settings = listener.ws.as_ref()?;
     let upgrade = tokio::time::timeout_at(deadline, crate::ws::accept(stream, settings));
     let result = tokio::select! {
         r = upgrade.instrument(span.clone()) => r,
-        _ = shared.shutdown.cancelled() => return,
+        _ = shared.shutdown.cancelled() => return None,
     };
-    let stream = match result {
+    match result {
         Ok(Ok((stream, protocol))) => {
             span.in_scope(|| {
                 debug!(
@@ -546,27 +578,22 @@ async fn upgrade_and_serve<S>(
                     "WebSocket upgrade"
                 )
             });
-            stream
+            Some(stream)
         }
         Ok(Err(e @ crate::ws::HandshakeError::Refused { .. })) => {
             span.in_scope(|| info!(error = %e, "WebSocket upgrade refused"));
             shared.metrics.refused(Refused::Protocol);
-            return;
+            None
         }
         Ok(Err(e)) => {
             span.in_scope(|| debug!(error = %e, "WebSocket upgrade failed"));
             shared.metrics.refused(Refused::Protocol);
-            return;
+            None
         }
         Err(_) => {
             span.in_scope(|| debug!("no WebSocket upgrade within the connect timeout"));
             shared.metrics.refused(Refused::Timeout);
-            return;
+            None
         }
-    };
-    let ctx = ConnContext {
-        listener,
-        certificate,
-    };
-    crate::connection::serve(shared, stream, peer, ctx, slot).await;
+    }
 }

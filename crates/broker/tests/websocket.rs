@@ -862,3 +862,82 @@ async fn connect_timeout_and_connection_limit_cover_the_upgrade() {
     assert_eq!(ok.recv().await, Packet::PingResp);
     broker.shutdown().await;
 }
+
+/// Frames RFC 6455 forbids, each sent raw right after the upgrade: the broker answers with a
+/// close frame naming the status (1002 protocol error, 1009 too big) and ends the connection.
+#[tokio::test]
+async fn protocol_errors_get_a_close_frame_with_their_status() {
+    let mut config = Config::default().in_memory();
+    config.max_packet_size = 1000; // WebSocket messages up to 64 KiB
+    let broker = start_with(
+        config,
+        vec![ListenerConfig::ws(any()).allow_anonymous(true)],
+    )
+    .await;
+    let addr = addr_of(&broker, ListenerKind::Ws);
+    let key = [0x11, 0x22, 0x33, 0x44];
+    let masked = |first: u8, payload: &[u8]| -> Vec<u8> {
+        let mut f = vec![first];
+        match payload.len() {
+            n @ 0..=125 => f.push(0x80 | n as u8),
+            n @ 126..=0xFFFF => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    };
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("unmasked", vec![0x82, 0x02, 0xC0, 0x00], 1002),
+        ("reserved bit", masked(0xA2, &[0xC0, 0x00]), 1002),
+        ("unknown opcode", masked(0x83, &[0xC0, 0x00]), 1002),
+        ("stray continuation", masked(0x80, &[0xC0, 0x00]), 1002),
+        ("fragmented ping", masked(0x09, b"p"), 1002),
+        ("one-byte close", masked(0x88, &[0x03]), 1002),
+        // Its header alone: the broker refuses it from the declared length.
+        (
+            "too big",
+            masked(0x82, &vec![0; 70_000])[..14].to_vec(),
+            1009,
+        ),
+        ("text", masked(0x81, b"{}"), 1003),
+    ];
+    for (what, frame, code) in cases {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let request = upgrade_request("/mqtt", "Sec-WebSocket-Protocol: mqtt\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(
+                tcp.read(&mut byte).await.unwrap(),
+                1,
+                "{what}: upgrade answer"
+            );
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{what}");
+        let _ = tcp.write_all(&frame).await;
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                answer.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the broker closes the connection"));
+        assert!(
+            answer.len() >= 4 && answer[0] == 0x88,
+            "{what}: a close frame first, got {answer:02x?}"
+        );
+        assert_eq!(u16::from_be_bytes([answer[2], answer[3]]), code, "{what}");
+    }
+    broker.shutdown().await;
+}

@@ -6,8 +6,7 @@
 //! The upgrade request is read and checked here (httparse; at most 16 KiB of head, 64
 //! headers) so that every refusal gets an HTTP answer: 404 for another path (whatever the
 //! request), 405 for another method, 426 for a request that is no WebSocket upgrade or
-//! another WebSocket version, 400 for a malformed one, 431 for one too large. tungstenite
-//! derives the accept key and does the framing.
+//! another WebSocket version, 400 for a malformed one, 431 for one too large.
 //!
 //! Subprotocol policy (EMQX's default): a client offering `mqtt` gets `mqtt`, else one
 //! offering `mqttv3.1` (MQTT 3.1's name, still sent by Paho JavaScript and others for 3.1)
@@ -17,38 +16,50 @@
 //! requires clients to offer `mqtt` [MQTT-6.0.0-3], but some tools and embedded stacks do
 //! not).
 //!
-//! Framing: incoming binary frames (fragmented or not) are one byte stream, so an MQTT packet
-//! may span frames and a frame may hold several packets [MQTT-6.0.0-2]. A text frame closes
-//! the connection [MQTT-6.0.0-1] (with close code 1003). Pings are answered and close frames
-//! acknowledged by tungstenite. Outgoing bytes are buffered and sent as one binary frame per
-//! flush: the connection task writes its whole batch and flushes once, so one batch is one
-//! frame.
+//! Framing ([`frame`], our own): incoming binary frames (fragmented or not) are one byte
+//! stream, so an MQTT packet may span frames and a frame may hold several packets
+//! [MQTT-6.0.0-2]. Frames are decoded in the connection's own read buffer, so an idle
+//! WebSocket connection holds no buffer, as an idle TCP one. A text frame closes the
+//! connection [MQTT-6.0.0-1] (with close code 1003); other protocol errors with 1002, a
+//! message over the listener's limit with 1009. Pings are answered and close frames
+//! acknowledged. Outgoing bytes are buffered and sent as one binary frame per flush: the
+//! connection task writes its whole batch and flushes once, so one batch is one frame.
+
+mod frame;
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use base64::Engine as _;
-use bytes::{Buf as _, Bytes, BytesMut};
-use futures_core::Stream;
-use futures_sink::Sink;
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use sha1::{Digest as _, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use self::frame::{Control, FrameReader, HEADER_ROOM, close_code};
+use crate::connection::Transport;
 
 /// The subprotocols the broker speaks, in order of preference.
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
-/// Bytes tungstenite reserves for reading frames, per connection (it reads at most this much
-/// per system call; a larger frame grows the buffer for as long as it takes).
-const READ_BUFFER: usize = 16 * 1024;
-
 /// Outgoing bytes collected before they go out as a frame even without a flush (the
 /// connection task flushes after each batch, well before this).
 const MAX_PENDING_WRITE: usize = 1024 * 1024;
+
+/// Control frames (pongs) waiting for the socket beyond which a client that pings without
+/// reading is cut off.
+const MAX_PENDING_CONTROL: usize = 64 * 1024;
+
+/// The GUID of the `Sec-WebSocket-Accept` computation (RFC 6455 §1.3).
+const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The `Sec-WebSocket-Accept` answering `key`: base64 of SHA-1 of the key and the GUID.
+fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(ACCEPT_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
 
 /// What a WebSocket listener accepts.
 #[derive(Debug, Clone)]
@@ -68,16 +79,6 @@ impl WsSettings {
             path: path.to_owned(),
             max_message: max_packet.saturating_mul(2).max(64 * 1024),
         }
-    }
-
-    fn config(&self) -> WebSocketConfig {
-        let mut config = WebSocketConfig::default();
-        config.read_buffer_size = READ_BUFFER;
-        // Each flush writes at once; nothing waits in tungstenite's buffer for more frames.
-        config.write_buffer_size = 0;
-        config.max_message_size = Some(self.max_message);
-        config.max_frame_size = Some(self.max_message);
-        config
     }
 }
 
@@ -221,7 +222,7 @@ fn decide(request: &httparse::Request<'_, '_>, path: &str) -> Answer {
     }
     match choose_subprotocol(&values("sec-websocket-protocol")) {
         Ok(protocol) => Answer::Upgrade {
-            accept: derive_accept_key(key),
+            accept: accept_key(key),
             protocol,
         },
         Err(()) => Answer::refuse(
@@ -295,20 +296,9 @@ where
     match answer {
         Answer::Upgrade { protocol, .. } => {
             // Frames the client sent right behind its request (it should wait for the 101).
-            let tail = buf.split_off(head_len);
-            let ws = if tail.is_empty() {
-                WebSocketStream::from_raw_socket(stream, Role::Server, Some(settings.config()))
-                    .await
-            } else {
-                WebSocketStream::from_partially_read(
-                    stream,
-                    tail.to_vec(),
-                    Role::Server,
-                    Some(settings.config()),
-                )
-                .await
-            };
-            Ok((WsStream::new(ws), protocol))
+            // Copied: a slice of `buf` would keep its whole allocation for the connection's life.
+            let tail = Bytes::copy_from_slice(&buf[head_len..]);
+            Ok((WsStream::new(stream, tail, settings.max_message), protocol))
         }
         Answer::Refuse { status, why, .. } => {
             let _ = stream.shutdown().await;
@@ -342,72 +332,122 @@ async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
 /// A WebSocket connection as a byte stream: reads give the payloads of binary messages,
 /// flushes send what was written since the last one as one binary message.
 pub(crate) struct WsStream<S> {
-    ws: WebSocketStream<S>,
-    /// The rest of the last binary message, not yet read.
-    pending: Bytes,
-    /// Written, not yet sent.
-    out: BytesMut,
-    /// The peer closed (or the stream ended): reads return end of stream.
+    io: S,
+    /// Bytes read with the HTTP request, not yet decoded.
+    pre: Bytes,
+    reader: FrameReader,
+    /// The client's close frame arrived, or the stream ended or failed: reads return end of
+    /// stream (after the error, if there was one).
     eof: bool,
-    /// Our close frame is queued.
+    /// The payload of the next binary frame, behind [`HEADER_ROOM`] bytes for its header;
+    /// empty when nothing is written.
+    out: BytesMut,
+    /// A frame partly written to the socket.
+    sending: Bytes,
+    /// Control frames (pongs, our close frame) to send before the next binary frame.
+    control: BytesMut,
+    /// Our close frame is queued: nothing more is sent after it.
     close_queued: bool,
 }
 
 impl<S> WsStream<S> {
-    fn new(ws: WebSocketStream<S>) -> Self {
+    fn new(io: S, pre: Bytes, max_message: usize) -> Self {
         Self {
-            ws,
-            pending: Bytes::new(),
-            out: BytesMut::new(),
+            io,
+            pre,
+            reader: FrameReader::new(max_message),
             eof: false,
+            out: BytesMut::new(),
+            sending: Bytes::new(),
+            control: BytesMut::new(),
             close_queued: false,
         }
     }
+
+    /// Queues our close frame, behind what was written so far (once).
+    fn queue_close(&mut self, code: u16, reason: &str) {
+        if self.close_queued {
+            return;
+        }
+        self.close_queued = true;
+        self.seal_out();
+        self.control.extend_from_slice(&frame::close(code, reason));
+    }
+
+    /// Turns the written bytes into a binary frame behind the queued control frames (used
+    /// when a close frame must follow them).
+    fn seal_out(&mut self) {
+        if self.out.len() > HEADER_ROOM {
+            let framed = binary_frame(std::mem::take(&mut self.out));
+            self.control.extend_from_slice(&framed);
+        }
+    }
 }
 
-/// tungstenite's errors as I/O errors: its own I/O errors as they are, the rest (protocol
-/// violations, oversized messages) as invalid data.
-fn io_error(e: WsError) -> io::Error {
-    match e {
-        WsError::Io(e) => e,
-        WsError::ConnectionClosed | WsError::AlreadyClosed => {
-            io::Error::new(io::ErrorKind::BrokenPipe, "WebSocket closed")
-        }
-        other => io::Error::new(io::ErrorKind::InvalidData, other),
-    }
+/// The frame of `out`: its payload behind [`HEADER_ROOM`] bytes, the header written in the
+/// room's end, without copying the payload.
+fn binary_frame(mut out: BytesMut) -> Bytes {
+    let len = out.len() - HEADER_ROOM;
+    let mut room = [0u8; HEADER_ROOM];
+    let size = frame::header(&mut room, frame::BINARY_OPCODE, len);
+    out[..HEADER_ROOM].copy_from_slice(&room);
+    out.advance(HEADER_ROOM - size);
+    out.freeze()
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
-    /// Sends the bytes written so far as one binary message and flushes.
+    /// Writes the pending frames to the socket: a partly written one, control frames, then
+    /// the written bytes as a binary frame. Ready when all are written (not flushed).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.out.is_empty() {
-            ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io_error)?;
-            let data = self.out.split().freeze();
-            Pin::new(&mut self.ws)
-                .start_send(Message::Binary(data))
-                .map_err(io_error)?;
+        loop {
+            if !self.sending.is_empty() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.sending))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.sending.advance(n);
+            } else if !self.control.is_empty() {
+                // Taken whole: an idle connection keeps no buffer.
+                self.sending = std::mem::take(&mut self.control).freeze();
+            } else if self.out.len() > HEADER_ROOM && !self.close_queued {
+                self.sending = binary_frame(std::mem::take(&mut self.out));
+            } else {
+                return Poll::Ready(Ok(()));
+            }
         }
-        Pin::new(&mut self.ws).poll_flush(cx).map_err(io_error)
     }
 
-    /// A text frame: a protocol error that closes the connection [MQTT-6.0.0-1]. The close
-    /// frame goes out if the socket takes it now.
-    fn refuse_text(&mut self, cx: &mut Context<'_>) -> io::Error {
-        let frame = CloseFrame {
-            code: CloseCode::Unsupported,
-            reason: Utf8Bytes::from_static("MQTT needs binary frames"),
-        };
-        self.close_queued = true;
-        if Pin::new(&mut self.ws)
-            .start_send(Message::Close(Some(frame)))
-            .is_ok()
-        {
-            let _ = Pin::new(&mut self.ws).poll_flush(cx);
+    /// Acts on the control frames the last decode completed.
+    fn on_controls(&mut self) -> io::Result<()> {
+        for event in self.reader.take_events() {
+            match event {
+                Control::Ping(payload) if !self.close_queued => {
+                    if self.control.len() > MAX_PENDING_CONTROL {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "WebSocket pings faster than the client reads the pongs",
+                        ));
+                    }
+                    self.control.extend_from_slice(&frame::pong(&payload));
+                }
+                Control::Ping(_) => {}
+                // The closing handshake: echo the code (§5.5.1), or a plain normal closure.
+                Control::Close(code) => {
+                    let echo = match code {
+                        Some(c)
+                            if (1000..5000).contains(&c)
+                                && ![1004, 1005, 1006, 1015].contains(&c) =>
+                        {
+                            c
+                        }
+                        _ => close_code::NORMAL,
+                    };
+                    self.queue_close(echo, "");
+                    self.eof = true;
+                }
+            }
         }
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "text frame: MQTT is sent in binary frames [MQTT-6.0.0-1]",
-        )
+        Ok(())
     }
 }
 
@@ -419,25 +459,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending[..n]);
-                this.pending.advance(n);
+            if this.eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            if this.eof {
-                return Poll::Ready(Ok(()));
+            // Answers (pongs, our close) go out when the socket takes them; if it is full,
+            // the next write or flush sends them.
+            if !this.sending.is_empty() || !this.control.is_empty() {
+                match this.poll_send(cx) {
+                    Poll::Ready(Err(e)) => {
+                        this.eof = true;
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let _ = Pin::new(&mut this.io).poll_flush(cx);
+                    }
+                    Poll::Pending => {}
+                }
             }
-            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
-                Some(Ok(Message::Binary(data))) => this.pending = data,
-                Some(Ok(Message::Text(_))) => return Poll::Ready(Err(this.refuse_text(cx))),
-                // tungstenite answers pings and acknowledges close frames itself; after a
-                // close frame the stream ends.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | None => this.eof = true,
-                Some(Err(e)) => {
+            let start = buf.filled().len();
+            if this.pre.is_empty() {
+                if let Err(e) = ready!(Pin::new(&mut this.io).poll_read(cx, buf)) {
                     this.eof = true;
-                    return Poll::Ready(Err(io_error(e)));
+                    return Poll::Ready(Err(e));
+                }
+                if buf.filled().len() == start {
+                    this.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+            } else {
+                let n = this.pre.len().min(buf.remaining());
+                buf.put_slice(&this.pre[..n]);
+                this.pre.advance(n);
+            }
+            let decoded = this.reader.decode(&mut buf.filled_mut()[start..]);
+            match decoded {
+                Ok(kept) => {
+                    buf.set_filled(start + kept);
+                    if let Err(e) = this.on_controls() {
+                        this.eof = true;
+                        this.queue_close(close_code::PROTOCOL, "");
+                        return Poll::Ready(Err(e));
+                    }
+                    if kept > 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    buf.set_filled(start);
+                    this.eof = true;
+                    this.queue_close(e.code(), &e.to_string());
+                    // The close frame goes out now if the socket takes it.
+                    if this.poll_send(cx).is_ready() {
+                        let _ = Pin::new(&mut this.io).poll_flush(cx);
+                    }
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
                 }
             }
         }
@@ -451,56 +526,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.close_queued {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "WebSocket closing",
+            )));
+        }
         if this.out.len() >= MAX_PENDING_WRITE {
             ready!(this.poll_send(cx))?;
+        }
+        if this.out.is_empty() {
+            this.out.reserve(HEADER_ROOM + buf.len());
+            this.out.put_bytes(0, HEADER_ROOM);
         }
         this.out.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_send(cx)
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     /// Sends what is left and a close frame (normal closure), waits for the client's close
     /// frame, and shuts the socket down.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.close_queued {
-            ready!(this.poll_send(cx))?;
-            ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(io_error)?;
-            let frame = CloseFrame {
-                code: CloseCode::Normal,
-                reason: Utf8Bytes::from_static(""),
-            };
-            this.close_queued = true;
-            // The peer may have closed first: then there is nothing to send.
-            match Pin::new(&mut this.ws).start_send(Message::Close(Some(frame))) {
-                Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {}
-                Err(WsError::Protocol(_)) => {}
-                Err(e) => return Poll::Ready(Err(io_error(e))),
-            }
-        }
-        match ready!(Pin::new(&mut this.ws).poll_close(cx)) {
-            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {}
-            Err(e) => return Poll::Ready(Err(io_error(e))),
-        }
+        this.queue_close(close_code::NORMAL, "");
+        ready!(this.poll_send(cx))?;
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
         // The closing handshake: the server closes the TCP connection once the client has
         // answered with its close frame (RFC 6455 §7.1.1); a client still writing its own
         // would otherwise meet a reset. What arrives meanwhile is dropped. The caller bounds
         // the wait.
+        let mut scratch = [0u8; 512];
         while !this.eof {
-            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => this.eof = true,
+            let mut rb = ReadBuf::new(&mut scratch);
+            if ready!(Pin::new(&mut *this).poll_read(cx, &mut rb)).is_err() {
+                break;
             }
         }
-        Pin::new(this.ws.get_mut()).poll_shutdown(cx)
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
-/// Tungstenite may hold frames it has read: a read is tried at once (the default).
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> crate::connection::Transport for WsStream<S> {}
+/// The frames are decoded in the caller's buffer, so the stream holds no bytes of its own
+/// but those read with the HTTP request: it is readable when its socket is.
+impl<S: Transport> Transport for WsStream<S> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() || self.eof {
+            return Poll::Ready(Ok(()));
+        }
+        self.io.poll_readable(cx)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -628,12 +708,11 @@ mod tests {
             2 * 1024 * 1024
         );
         assert_eq!(WsSettings::new("/", 100).max_message, 64 * 1024);
-        assert_eq!(WsSettings::new("/", u32::MAX).config().max_frame_size, {
-            Some(
-                usize::try_from(u32::MAX)
-                    .unwrap_or(usize::MAX)
-                    .saturating_mul(2),
-            )
-        });
+        assert_eq!(
+            WsSettings::new("/", u32::MAX).max_message,
+            usize::try_from(u32::MAX)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(2)
+        );
     }
 }
