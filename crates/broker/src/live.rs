@@ -374,8 +374,8 @@ async fn close(ws: &mut Ws, code: u16, reason: &str) {
 /// The explorer's state on one socket.
 struct Explorer {
     tap: TapHandle,
-    /// The newest messages since the last flush.
-    ring: VecDeque<Arc<Message>>,
+    /// The newest messages since the last flush, with when this task took them (ms).
+    ring: VecDeque<(u64, Arc<Message>)>,
     /// Messages replaced in `ring` by newer ones since the last flush.
     sampled_out: u64,
     /// All messages matched since the subscription began.
@@ -432,7 +432,7 @@ where
                         e.ring.pop_front();
                         e.sampled_out += 1;
                     }
-                    e.ring.push_back(m);
+                    e.ring.push_back((now_ms(), m));
                 }
             }
             _ = flush.tick() => {
@@ -441,7 +441,11 @@ where
                     if !e.ring.is_empty() || e.sampled_out > 0 || dropped > 0 {
                         let now = std::time::Instant::now();
                         let messages: Vec<Value> =
-                            e.ring.drain(..).map(|m| message_json(&m, now)).collect();
+                            e.ring.drain(..).map(|(t, m)| {
+                                let mut v = message_json(&m, now);
+                                v["t"] = Value::from(t);
+                                v
+                            }).collect();
                         let v = json!({
                             "type": "messages",
                             "t": now_ms(),

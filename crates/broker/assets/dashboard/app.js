@@ -45,6 +45,12 @@ function duration(s) {
   return `${s}s`;
 }
 
+function clock(t) {
+  const d = new Date(t);
+  const p = (n, w = 2) => String(n).padStart(w, "0");
+  return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
+}
+
 function bytes(n) {
   if (n >= 1 << 30) return (n / (1 << 30)).toFixed(1) + " GiB";
   if (n >= 1 << 20) return (n / (1 << 20)).toFixed(1) + " MiB";
@@ -295,7 +301,7 @@ function pagedTable({ main, columns, fetchPage, row, sortable = true, refreshMs 
   onLeave(() => clearInterval(refresh));
   const table = h("div", { class: "panel" },
     h("div", { class: "toolbar" }, input, h("button", { onclick: () => load() }, "Refresh")),
-    h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, head), body)),
+    h("div", { class: "table-wrap scroll" }, h("table", {}, h("thead", {}, head), body)),
     h("div", { class: "pager" }, info, prev, next));
   load();
   return { table, load, state };
@@ -311,7 +317,7 @@ function clients(main) {
     columns: [
       { label: "Client id", sort: "client_id" }, { label: "Status", sort: "connected" },
       { label: "Address", sort: "peer", narrow: true }, { label: "User", sort: "username", narrow: true },
-      { label: "Protocol", narrow: true }, { label: "In flight", sort: "inflight", num: true, narrow: true },
+      { label: "In flight", sort: "inflight", num: true, narrow: true },
       { label: "Queued", sort: "queued", num: true }, { label: "" },
     ],
     fetchPage: async (s) => {
@@ -321,13 +327,12 @@ function clients(main) {
     },
     row: (c) => h("tr", { class: "clickable" + (c.client_id === selected ? " selected" : ""), dataset: { client: c.client_id }, onclick: () => { selected = c.client_id; showClient(c.client_id); } },
       h("td", { class: "mono" }, c.client_id),
-      h("td", {}, c.connected ? h("span", { class: "badge ok" }, "connected") : h("span", { class: "badge off" }, "offline")),
+      h("td", { class: "nowrap" }, c.connected ? h("span", { class: "badge ok" }, "connected") : h("span", { class: "badge off" }, "offline")),
       h("td", { class: "mono hide-narrow" }, c.peer || "–"),
       h("td", { class: "hide-narrow" }, c.username || "–"),
-      h("td", { class: "hide-narrow" }, c.protocol || "–"),
       h("td", { class: "num hide-narrow" }, c.inflight),
       h("td", { class: "num" }, c.queued),
-      h("td", {}, c.connected ? h("button", { class: "small danger", dataset: { action: "disconnect" }, onclick: (e) => { e.stopPropagation(); kick(c.client_id); } }, "Disconnect") : null)),
+      h("td", { class: "actions" }, c.connected ? h("button", { class: "small danger", dataset: { action: "disconnect" }, onclick: (e) => { e.stopPropagation(); kick(c.client_id); } }, "Disconnect") : null)),
   });
   async function kick(id, endSession = false) {
     if (!confirm(endSession ? `End the session of "${id}"?` : `Disconnect "${id}"?`)) return;
@@ -486,7 +491,7 @@ function retained(main) {
     h("div", { class: "split" },
       h("div", { class: "panel" },
         h("div", { class: "toolbar" }, input, h("button", { onclick: load }, "Refresh")),
-        h("div", { class: "table-wrap" }, h("table", {},
+        h("div", { class: "table-wrap scroll" }, h("table", {},
           h("thead", {}, h("tr", {}, h("th", {}, "Topic"), h("th", { class: "num" }, "QoS"), h("th", { class: "num hide-narrow" }, "Size"), h("th", { class: "hide-narrow" }, "Payload"))), body)),
         h("div", { class: "pager" }, info)),
       detail));
@@ -522,7 +527,7 @@ function explorer(main) {
     dirty = false;
     shown = st.rows.slice().reverse();
     body.replaceChildren(...(shown.length ? shown.map((m, i) => h("tr", { class: "clickable", onclick: () => select(i) },
-      h("td", { class: "mono hide-narrow" }, new Date(m.t).toLocaleTimeString()),
+      h("td", { class: "mono hide-narrow" }, clock(m.t)),
       h("td", { class: "mono" }, m.topic),
       h("td", { class: "num" }, m.qos),
       h("td", {}, m.retain ? h("span", { class: "badge blue" }, "retain") : ""),
@@ -562,7 +567,7 @@ function explorer(main) {
       h("div", { class: "panel" },
         h("div", { class: "toolbar" }, input, subBtn, pauseBtn, clearBtn),
         stats,
-        h("div", { class: "table-wrap" }, h("table", {},
+        h("div", { class: "table-wrap scroll" }, h("table", {},
           h("thead", {}, h("tr", {}, h("th", { class: "hide-narrow" }, "Time"), h("th", {}, "Topic"), h("th", { class: "num" }, "QoS"), h("th", {}, "Flags"), h("th", { class: "num hide-narrow" }, "Size"), h("th", {}, "Payload"))),
           body))),
       detail));
@@ -578,7 +583,7 @@ live.on((m) => {
   st.sampled += m.sampled_out;
   st.dropped += m.dropped;
   if (st.paused) return;
-  for (const msg of m.messages) { msg.t = m.t; st.rows.push(msg); }
+  for (const msg of m.messages) { msg.t = msg.t || m.t; st.rows.push(msg); }
   if (st.rows.length > EXPLORER_ROWS) st.rows.splice(0, st.rows.length - EXPLORER_ROWS);
 });
 

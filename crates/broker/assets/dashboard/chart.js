@@ -60,13 +60,17 @@ export class LineChart {
     const left = 48, right = 10, top = 8, bottom = 22;
     const pw = w - left - right, ph = h - top - bottom;
     const now = this.points.length ? this.points[this.points.length - 1].t : Date.now();
-    const t0 = now - this.window;
+    // The x axis spans the data (at least a minute, at most the window): a fresh broker's
+    // first seconds are not a sliver at the right edge.
+    const span = this.points.length ? now - this.points[0].t : 0;
+    const windowMs = Math.min(this.window, Math.max(60000, span));
+    const t0 = now - windowMs;
     const visible = this.points.filter((p) => p.t >= t0);
     let max = 0;
     for (const p of visible) for (const s of this.series) max = Math.max(max, p.values[s.key] || 0);
-    const step = niceStep(Math.max(max, 4), 4);
-    const top_ = Math.max(step * Math.ceil(max / step), step);
-    const x = (t) => left + ((t - t0) / this.window) * pw;
+    const step = niceStep(Math.max(max * 1.1, 4), 4);
+    const top_ = Math.max(step * Math.ceil((max * 1.1) / step), step);
+    const x = (t) => left + ((t - t0) / windowMs) * pw;
     const y = (v) => top + ph - (v / top_) * ph;
 
     g.font = "11px system-ui, sans-serif";
@@ -82,11 +86,14 @@ export class LineChart {
     }
     g.textAlign = "center";
     g.textBaseline = "top";
-    const minutes = this.window / 60000;
-    for (let m = 0; m <= minutes; m += minutes > 5 ? 2 : 1) {
-      const xx = left + pw - (m * 60000 / this.window) * pw;
+    // Ticks every 10 s up to a minute and a half, then every minute.
+    const tick = windowMs <= 90000 ? 10000 : 60000;
+    for (let d = 0; d <= windowMs + 1; d += tick) {
+      const xx = left + pw - (d / windowMs) * pw;
+      const label = d === 0 ? "now" : tick < 60000 ? `-${d / 1000}s` : `-${d / 60000}m`;
       g.fillStyle = "#667085";
-      g.fillText(m === 0 ? "now" : `-${m}m`, xx, top + ph + 6);
+      g.textAlign = d === 0 ? "right" : xx - left < 12 ? "left" : "center";
+      g.fillText(label, xx, top + ph + 6);
     }
     for (const s of this.series) {
       if (!visible.length) break;

@@ -41,6 +41,7 @@ async function main() {
     page.on("pageerror", (e) => { console.error(`page error: ${e.message}`); });
     page.on("request", (r) => { const u = new URL(r.url()); if (u.origin !== new URL(url).origin && u.protocol !== "data:") external.push(r.url()); });
     const shot = async (name) => {
+      await page.evaluate(() => { document.querySelector("#toast").hidden = true; });
       await page.waitForTimeout(300);
       await page.screenshot({ path: path.join(shots, `${name}.png`) });
     };
@@ -64,8 +65,7 @@ async function main() {
     // 2. Overview: numbers and live charts.
     await page.locator("#ov-version").filter({ hasText: /\d+\.\d+/ }).waitFor();
     await page.waitForFunction(() => Number(document.querySelector("#ov-connections").textContent) >= 1);
-    await page.waitForTimeout(2500); // a few live samples on the charts
-    await shot("overview");
+    await page.locator("#ov-in").filter({ hasText: /[1-9]/ }).waitFor(); // a live sample
 
     // 3. Clients: the MQTT client is listed; the Disconnect button kicks it.
     await page.click("#nav a[data-page=clients]");
@@ -131,10 +131,14 @@ async function main() {
     if (text.includes(token)) fail("the configuration page shows the token");
     await shot("config");
 
-    // 8. A narrow screen: the navigation folds under the menu button.
+    // 8. Back to the overview: the charts have a few seconds of live samples now.
+    await page.click("#nav a[data-page=overview]");
+    await page.locator("#ov-version").filter({ hasText: /\d+\.\d+/ }).waitFor();
+    await page.waitForTimeout(3000);
+    await shot("overview");
+
+    // 9. A narrow screen: the navigation folds under the menu button.
     await page.setViewportSize({ width: 390, height: 760 });
-    await page.click("#nav a[data-page=overview]", { force: true }).catch(() => {});
-    await page.evaluate(() => { location.hash = "#/overview"; });
     await page.waitForTimeout(300);
     if (await page.locator("#nav").isVisible()) fail("the navigation does not fold on a narrow screen");
     await page.click("#menu");
