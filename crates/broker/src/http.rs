@@ -104,7 +104,7 @@ impl HttpServer {
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(listener, state.clone(), stop.clone()));
-        info!(addr = %local_addr, token = state.token.is_some(), "HTTP listener (metrics, health, admin API)");
+        info!(addr = %local_addr, token = state.token.is_some(), "HTTP listener (metrics, health, admin API, dashboard at /)");
         Ok(HttpServer {
             state,
             local_addr,
@@ -604,7 +604,10 @@ fn dashboard_file(req: &Request<Incoming>) -> Response<Body> {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r
 }
@@ -621,10 +624,7 @@ fn live_upgrade(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(want))
-            })
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
     };
     if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
         return error(ApiError::bad_request(
@@ -653,7 +653,9 @@ fn live_upgrade(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
         }
     }
     let Some(permit) = crate::live::socket_permit(&shared.live) else {
-        return error(ApiError::unavailable("too many live dashboard sockets open"));
+        return error(ApiError::unavailable(
+            "too many live dashboard sockets open",
+        ));
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let token = state.token;

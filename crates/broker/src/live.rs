@@ -404,7 +404,11 @@ where
         close(&mut ws, 4001, "unauthorized").await;
         return Err("wrong token".into());
     }
-    send(&mut ws, &json!({"type": "hello", "history": live.history()})).await?;
+    send(
+        &mut ws,
+        &json!({"type": "hello", "history": live.history()}),
+    )
+    .await?;
     let mut tick = live.tick.subscribe();
     tick.mark_unchanged();
     let mut flush = tokio::time::interval(FLUSH);

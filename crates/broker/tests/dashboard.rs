@@ -49,7 +49,10 @@ fn prerequisites() -> Result<PathBuf, String> {
             chromium.display()
         ));
     }
-    if !dir.join("node_modules/playwright-core/package.json").exists() {
+    if !dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
         return Err(format!(
             "playwright-core is not installed: run `npm ci --prefix {}`",
             dir.display()
@@ -69,10 +72,7 @@ async fn client(mqtt: SocketAddr, id: &str) -> Client {
 }
 
 fn connected(broker: &Broker) -> u64 {
-    broker
-        .metrics()
-        .clients_connected
-        .load(Ordering::Relaxed)
+    broker.metrics().clients_connected.load(Ordering::Relaxed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +83,9 @@ async fn the_dashboard_in_a_real_browser() {
             panic!("the dashboard test cannot run under CI: {why} (scripts/test-all installs it)")
         }
         Err(why) => {
-            eprintln!("SKIPPED the_dashboard_in_a_real_browser: {why} (scripts/test-all installs it)");
+            eprintln!(
+                "SKIPPED the_dashboard_in_a_real_browser: {why} (scripts/test-all installs it)"
+            );
             return;
         }
     };

@@ -150,9 +150,13 @@ async fn clients_sort_and_search_by_address() {
         peers.push(Peer::connect(addr(&b), ProtocolVersion::V5, id).await);
     }
     // c-b subscribes and has messages queued... none needed: sort by id, descending.
-    let r = get(http, "/api/v1/clients?sort=client_id&desc=true", Some(TOKEN))
-        .await
-        .json();
+    let r = get(
+        http,
+        "/api/v1/clients?sort=client_id&desc=true",
+        Some(TOKEN),
+    )
+    .await
+    .json();
     let ids: Vec<&str> = r["clients"]
         .as_array()
         .unwrap()
@@ -160,12 +164,18 @@ async fn clients_sort_and_search_by_address() {
         .map(|c| c["client_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["c-c", "c-b", "c-a"]);
-    let one = get(http, "/api/v1/clients?search=c-b", Some(TOKEN)).await.json();
-    let peer = one["clients"][0]["peer"].as_str().unwrap().to_owned();
-    let port = peer.rsplit(':').next().unwrap();
-    let by_addr = get(http, &format!("/api/v1/clients?search=%3A{port}"), Some(TOKEN))
+    let one = get(http, "/api/v1/clients?search=c-b", Some(TOKEN))
         .await
         .json();
+    let peer = one["clients"][0]["peer"].as_str().unwrap().to_owned();
+    let port = peer.rsplit(':').next().unwrap();
+    let by_addr = get(
+        http,
+        &format!("/api/v1/clients?search=%3A{port}"),
+        Some(TOKEN),
+    )
+    .await
+    .json();
     assert_eq!(by_addr["total"], 1, "{by_addr}");
     assert_eq!(by_addr["clients"][0]["client_id"], "c-b");
     for sort in ["peer", "username", "connected", "inflight", "queued"] {
@@ -183,7 +193,9 @@ async fn clients_sort_and_search_by_address() {
 type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 async fn live(http: SocketAddr, origin: Option<&str>) -> Result<Ws, u16> {
-    let mut req = format!("ws://{http}/api/v1/live").into_client_request().unwrap();
+    let mut req = format!("ws://{http}/api/v1/live")
+        .into_client_request()
+        .unwrap();
     if let Some(o) = origin {
         req.headers_mut().insert("Origin", o.parse().unwrap());
     }
@@ -232,9 +244,15 @@ async fn the_live_socket_wants_the_token_first_and_the_same_origin() {
     assert_eq!(next_json(&mut ws).await["error"], "unauthorized");
     let closed = next_json(&mut ws).await;
     assert_eq!(closed["type"], "closed");
-    assert!(closed["frame"].as_str().unwrap().contains("4001"), "{closed}");
+    assert!(
+        closed["frame"].as_str().unwrap().contains("4001"),
+        "{closed}"
+    );
     // Another site's page may not open it.
-    assert_eq!(live(http, Some("http://evil.example")).await.unwrap_err(), 403);
+    assert_eq!(
+        live(http, Some("http://evil.example")).await.unwrap_err(),
+        403
+    );
     let same = format!("http://{http}");
     let mut ws = live(http, Some(&same)).await.unwrap();
     send(&mut ws, json!({"token": TOKEN})).await;
@@ -255,13 +273,28 @@ async fn the_explorer_sees_what_it_asked_for_with_properties() {
     let mut ws = live(http, None).await.unwrap();
     send(&mut ws, json!({"token": TOKEN})).await;
     next_of(&mut ws, "hello").await;
-    send(&mut ws, json!({"type": "subscribe", "filter": "$share/g/a"})).await;
-    assert!(next_of(&mut ws, "error").await["error"].as_str().unwrap().contains("shared"));
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "filter": "$share/g/a"}),
+    )
+    .await;
+    assert!(
+        next_of(&mut ws, "error").await["error"]
+            .as_str()
+            .unwrap()
+            .contains("shared")
+    );
     send(&mut ws, json!({"type": "subscribe", "filter": "a/#"})).await;
     assert_eq!(next_of(&mut ws, "subscribed").await["filter"], "a/#");
     let mut p = Peer::connect(addr(&b), ProtocolVersion::V5, "pub").await;
-    p.send(Packet::Publish(publish("x/y", "not this", QoS::AtMostOnce, false, 0)))
-        .await;
+    p.send(Packet::Publish(publish(
+        "x/y",
+        "not this",
+        QoS::AtMostOnce,
+        false,
+        0,
+    )))
+    .await;
     let mut m = publish("a/b", "21.5", QoS::AtLeastOnce, true, 1);
     m.properties.content_type = Some(mstr("text/plain"));
     m.properties.user_properties.push((mstr("k"), mstr("v")));

@@ -538,6 +538,7 @@ function explorer(main) {
   const select = (i) => {
     const m = shown[i];
     if (!m) return;
+    Array.from(body.children).forEach((tr, j) => tr.classList.toggle("selected", j === i));
     detail.replaceChildren(
       h("h2", { class: "mono" }, m.topic),
       h("dl", { class: "kv" }, h("dt", {}, "Received"), h("dd", {}, new Date(m.t).toLocaleString()), h("dt", {}, "QoS"), h("dd", {}, String(m.qos)),
