@@ -29,6 +29,9 @@ use sagitta_proto::TopicName;
 const TOKEN: &str = "e2e-dashboard-token";
 /// Outer limit for the browser script (its own watchdog fires at 50 s).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(70);
+/// Messages per second of the flood the topic explorer watches (a ceiling: a debug build on
+/// a small machine sends what it can).
+const FLOOD_RATE: u64 = 100_000;
 
 /// Where the browser and the script are, or why the test cannot run.
 fn prerequisites() -> Result<PathBuf, String> {
@@ -151,7 +154,31 @@ async fn the_dashboard_in_a_real_browser() {
         }
         publisher
     });
-    assert_eq!(connected(&broker), 6);
+    // A flood for the explorer's "stays responsive" step: up to FLOOD_RATE msg/s of QoS 0
+    // from a real client, paced in 10 ms slices, for the whole run.
+    let flooder = client(mqtt, "flood").await;
+    let running = traffic.clone();
+    let flood = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut sent = 0u64;
+        let payload = bytes::Bytes::from_static(b"{\"v\": 1234567}");
+        while running.load(Ordering::Relaxed) {
+            let due = (started.elapsed().as_secs_f64() * FLOOD_RATE as f64) as u64;
+            while sent < due && running.load(Ordering::Relaxed) {
+                if flooder
+                    .publish(format!("flood/{}", sent % 100), payload.clone())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                sent += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (flooder, sent, started.elapsed())
+    });
+    assert_eq!(connected(&broker), 7);
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/dashboard");
     // The child inherits SAGITTA_CHROMIUM, if set.
@@ -166,7 +193,11 @@ async fn the_dashboard_in_a_real_browser() {
         SCRIPT_LIMIT,
     )
     .await;
-    assert_eq!(out.trim(), "ok");
+    let mut lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.pop(), Some("ok"), "{out}");
+    for line in lines {
+        eprintln!("{line}");
+    }
 
     // The broker's side: the client was dropped (5.0: DISCONNECT 0x98, administrative
     // action) and the retained message is gone.
@@ -177,10 +208,16 @@ async fn the_dashboard_in_a_real_browser() {
         format!("{reason:?}").contains("AdministrativeAction"),
         "{reason:?}"
     );
+    assert_eq!(connected(&broker), 6, "only the kicked client left");
     traffic.store(false, Ordering::Relaxed);
     let publisher = load.await.unwrap();
     drop(publisher);
-    assert_eq!(connected(&broker), 5, "only the kicked client left");
+    let (flooder, flooded, flood_time) = flood.await.unwrap();
+    drop(flooder);
+    eprintln!(
+        "flood: {flooded} messages in {flood_time:?} ({:.0} msg/s)",
+        flooded as f64 / flood_time.as_secs_f64()
+    );
     let left = reqwest_like_get(
         broker.http_addr().unwrap(),
         "/api/v1/retained?topic=dash/%23",

@@ -519,7 +519,7 @@ function explorer(main) {
       h("span", {}, "Kept ", h("b", {}, `${st.rows.length} / ${EXPLORER_ROWS}`)),
       h("span", { title: "Messages the server skipped to keep the page fast (it sends the newest 100 per 250 ms)" }, "Sampled out ", h("b", {}, st.sampled.toLocaleString())),
       h("span", { title: "Messages dropped because this page fell behind" }, "Dropped ", h("b", {}, st.dropped.toLocaleString())),
-      st.paused ? h("span", { class: "badge blue" }, "paused") : null);
+      st.paused ? h("span", { class: "badge blue" }, "paused") : "");
   };
   const render = () => {
     renderStats();
