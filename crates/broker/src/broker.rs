@@ -609,7 +609,7 @@ impl Broker {
         }
     }
 
-    fn shared(
+    pub(crate) fn shared(
         config: Config,
         store: Option<Store>,
         acl: Option<Box<dyn Authorizer>>,

@@ -281,6 +281,7 @@ function pagedTable({ main, columns, fetchPage, row, sortable = true, refreshMs 
     if (loading) return;
     loading = true;
     try {
+      lastLoad = Date.now();
       const page = await fetchPage(state);
       state.total = page.total;
       if (state.offset >= page.total && page.total > 0) { state.offset = Math.floor((page.total - 1) / PAGE_SIZE) * PAGE_SIZE; loading = false; return load(); }
@@ -297,7 +298,12 @@ function pagedTable({ main, columns, fetchPage, row, sortable = true, refreshMs 
       if (e.status !== 401) toast(e.message, true);
     } finally { loading = false; }
   }
-  const refresh = setInterval(() => { if (!document.hidden) load(); }, refreshMs);
+  // Large lists refresh less often: each refresh sorts them all on the server.
+  let lastLoad = 0;
+  const refresh = setInterval(() => {
+    const every = state.total > 10000 ? 10000 : refreshMs;
+    if (!document.hidden && Date.now() - lastLoad >= every - 50) load();
+  }, refreshMs);
   onLeave(() => clearInterval(refresh));
   const table = h("div", { class: "panel" },
     h("div", { class: "toolbar" }, input, h("button", { onclick: () => load() }, "Refresh")),
