@@ -100,17 +100,96 @@ fn client_json(entry: &SessionEntry) -> Value {
     })
 }
 
+/// The order of `GET /api/v1/clients` (`sort`, `desc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClientSort {
+    key: SortKey,
+    desc: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SortKey {
+    ClientId,
+    Peer,
+    Username,
+    Connected,
+    Inflight,
+    Queued,
+}
+
+impl ClientSort {
+    /// `sort`: `client_id` (the default), `peer`, `username`, `connected`, `inflight` or
+    /// `queued`; ties are in client id order.
+    pub fn parse(sort: Option<&str>, desc: bool) -> Result<Self, ApiError> {
+        let key = match sort.unwrap_or("client_id") {
+            "client_id" => SortKey::ClientId,
+            "peer" => SortKey::Peer,
+            "username" => SortKey::Username,
+            "connected" => SortKey::Connected,
+            "inflight" => SortKey::Inflight,
+            "queued" => SortKey::Queued,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "sort: expected client_id, peer, username, connected, inflight or queued, \
+                     got {other:?}"
+                )));
+            }
+        };
+        Ok(Self { key, desc })
+    }
+}
+
 /// `GET /api/v1/clients`: sessions (connected, and disconnected persistent ones) whose
-/// client id contains `search`, sorted by client id.
-pub(crate) fn list_clients(shared: &Shared, search: Option<&str>, page: Page) -> Value {
-    let mut all: Vec<Arc<SessionEntry>> = shared
+/// client id, address or username contains `search`, sorted by `sort`.
+pub(crate) fn list_clients(
+    shared: &Shared,
+    search: Option<&str>,
+    sort: ClientSort,
+    page: Page,
+) -> Value {
+    /// A session and what it is sorted by, read once.
+    struct Row {
+        entry: Arc<SessionEntry>,
+        peer: String,
+        user: String,
+        connected: bool,
+        inflight: u32,
+        queued: usize,
+    }
+    let mut all: Vec<Row> = shared
         .sessions
         .all()
         .into_iter()
-        .filter(|e| search.is_none_or(|s| e.client_id.contains(s)))
+        .filter_map(|entry| {
+            let info = entry.info();
+            let peer = info.peer.map(|p| p.to_string()).unwrap_or_default();
+            let user = info.username.as_deref().unwrap_or_default().to_owned();
+            let hit = search.is_none_or(|s| {
+                entry.client_id.contains(s) || peer.contains(s) || user.contains(s)
+            });
+            hit.then(|| Row {
+                connected: entry.is_connected(),
+                inflight: entry.inflight(),
+                queued: entry.queued(),
+                entry,
+                peer,
+                user,
+            })
+        })
         .collect();
-    all.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
-    let clients: Vec<Value> = page.slice(&all).map(|e| client_json(e)).collect();
+    all.sort_unstable_by(|a, b| {
+        let by = match sort.key {
+            SortKey::ClientId => std::cmp::Ordering::Equal,
+            SortKey::Peer => a.peer.cmp(&b.peer),
+            SortKey::Username => a.user.cmp(&b.user),
+            SortKey::Connected => a.connected.cmp(&b.connected),
+            SortKey::Inflight => a.inflight.cmp(&b.inflight),
+            SortKey::Queued => a.queued.cmp(&b.queued),
+        }
+        .then_with(|| a.entry.client_id.cmp(&b.entry.client_id));
+        if sort.desc { by.reverse() } else { by }
+    });
+    let clients: Vec<Value> = page.slice(&all).map(|r| client_json(&r.entry)).collect();
     json!({
         "total": all.len(),
         "offset": page.offset,
@@ -233,7 +312,7 @@ pub(crate) struct PropertiesJson {
 }
 
 impl PropertiesJson {
-    fn from_message(msg: &Message, now: Instant) -> Option<Self> {
+    pub(crate) fn from_message(msg: &Message, now: Instant) -> Option<Self> {
         let p = msg.properties.as_deref()?;
         Some(Self {
             payload_format_indicator: p.payload_format_indicator,

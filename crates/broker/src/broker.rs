@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     pub retained: RetainStore,
     pub sessions: Sessions,
     pub metrics: Metrics,
+    /// The web dashboard's live data: samples and topic-explorer taps.
+    pub live: Arc<crate::live::Live>,
     /// Where persistent state goes; `None` for an in-memory broker.
     pub store: Option<Store>,
     /// Who may do what where; `None`: everything is allowed.
@@ -108,6 +110,7 @@ impl Shared {
     /// Routes a message to every matching session and stores it if retained. `targets` is
     /// scratch space (kept to reuse).
     pub fn publish(&self, msg: Arc<Message>, targets: &mut Vec<Target>) -> Routed {
+        self.live.taps.offer(&msg);
         targets.clear();
         let mut routed = Routed::default();
         let mut hold = BodyHold::default();
@@ -422,7 +425,7 @@ impl BrokerBuilder {
         let mut broker = Broker::serve(shared, bound);
         broker.files = Arc::new(files);
         if let Some(h) = &http {
-            h.ready();
+            h.ready(broker.listeners());
         }
         broker.http = http;
         Ok(broker)
@@ -606,7 +609,7 @@ impl Broker {
         }
     }
 
-    fn shared(
+    pub(crate) fn shared(
         config: Config,
         store: Option<Store>,
         acl: Option<Box<dyn Authorizer>>,
@@ -623,6 +626,7 @@ impl Broker {
             retained: RetainStore::default(),
             sessions: Sessions::default(),
             metrics: Metrics::default(),
+            live: Arc::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             connect_rate,

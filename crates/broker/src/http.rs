@@ -1,5 +1,6 @@
 //! The operators' HTTP listener (`[http]`): `GET /metrics` (Prometheus), `GET /health`,
-//! `GET /ready` and the admin API under `/api/v1/`. A thin layer over `admin`: it routes,
+//! `GET /ready`, the admin API under `/api/v1/` and the web dashboard at `/` (`dashboard`,
+//! `live`). A thin layer over `admin`: it routes,
 //! checks the bearer token, parses paths, queries and bodies, and writes responses.
 //!
 //! It cannot get in the way of MQTT: at most [`MAX_CONNECTIONS`] HTTP connections at once
@@ -34,6 +35,8 @@ use tracing::{debug, info, warn};
 use crate::admin::{self, ApiError, MAX_LIMIT, Page};
 use crate::broker::Shared;
 use crate::config::{Config, HttpConfig};
+use crate::dashboard;
+use crate::listener::ListenerInfo;
 
 /// HTTP connections served at once.
 pub(crate) const MAX_CONNECTIONS: usize = 32;
@@ -65,6 +68,10 @@ pub(crate) struct HttpState {
     phase: AtomicU8,
     /// Largest request body (`POST /api/v1/publish`).
     body_limit: usize,
+    /// The configuration as `GET /api/v1/config` shows it (secrets masked).
+    config: Value,
+    /// The bound listeners, once they are.
+    listeners: OnceLock<Value>,
 }
 
 /// The running HTTP server: stopped by [`HttpServer::stop`], or when dropped.
@@ -92,10 +99,12 @@ impl HttpServer {
             shared: OnceLock::new(),
             phase: AtomicU8::new(Phase::OpeningStore as u8),
             body_limit,
+            config: dashboard::config_view(config),
+            listeners: OnceLock::new(),
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(listener, state.clone(), stop.clone()));
-        info!(addr = %local_addr, token = state.token.is_some(), "HTTP listener (metrics, health, admin API)");
+        info!(addr = %local_addr, token = state.token.is_some(), "HTTP listener (metrics, health, admin API, dashboard at /)");
         Ok(HttpServer {
             state,
             local_addr,
@@ -111,6 +120,9 @@ impl HttpServer {
 
     /// The broker's state exists; it is being restored from the store.
     pub fn attach(&self, shared: Arc<Shared>) {
+        shared
+            .tracker
+            .spawn(crate::live::sample_loop(shared.clone()));
         let _ = self.state.shared.set(shared);
         self.state
             .phase
@@ -118,7 +130,11 @@ impl HttpServer {
     }
 
     /// Every listener is bound: the broker is ready.
-    pub fn ready(&self) {
+    pub fn ready(&self, listeners: &[ListenerInfo]) {
+        let _ = self
+            .state
+            .listeners
+            .set(dashboard::listeners_view(listeners));
         self.state
             .phase
             .store(Phase::Ready as u8, Ordering::Release);
@@ -191,7 +207,10 @@ async fn serve_connection(
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_HEADER_BUF)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    // Upgrades: the dashboard's live WebSocket (`GET /api/v1/live`).
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -266,6 +285,12 @@ enum Route {
     Subscriptions,
     Retained,
     Publish,
+    Overview,
+    Config,
+    /// The dashboard's live WebSocket.
+    Live,
+    /// A file of the dashboard.
+    Dashboard,
 }
 
 impl Route {
@@ -276,6 +301,7 @@ impl Route {
             "/health" => return Ok(Route::Health),
             "/ready" => return Ok(Route::Ready),
             "/metrics" => return Ok(Route::Metrics),
+            p if dashboard::asset(p).is_some() => return Ok(Route::Dashboard),
             _ => {}
         }
         let rest = path.strip_prefix("/api/v1/").ok_or_else(not_found)?;
@@ -288,6 +314,9 @@ impl Route {
             (Some("subscriptions"), None) => Route::Subscriptions,
             (Some("retained"), None) => Route::Retained,
             (Some("publish"), None) => Route::Publish,
+            (Some("overview"), None) => Route::Overview,
+            (Some("config"), None) => Route::Config,
+            (Some("live"), None) => Route::Live,
             _ => return Err(not_found()),
         };
         Ok(route)
@@ -372,12 +401,20 @@ impl Query {
     }
 }
 
+/// Whether `given` is the token whose SHA-256 is `want` (anything is, without a token).
+fn token_matches(want: Option<&[u8; 32]>, given: &str) -> bool {
+    match want {
+        None => true,
+        Some(want) => Sha256::digest(given.as_bytes()).ct_eq(want).into(),
+    }
+}
+
 impl HttpState {
     /// Whether the request's headers carry the bearer token (or none is needed).
     fn authorized(&self, headers: &hyper::HeaderMap) -> bool {
-        let Some(want) = &self.token else {
+        if self.token.is_none() {
             return true;
-        };
+        }
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return false;
         };
@@ -387,10 +424,7 @@ impl HttpState {
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim());
-        match given {
-            Some(token) => Sha256::digest(token.as_bytes()).ct_eq(want).into(),
-            None => false,
-        }
+        given.is_some_and(|token| token_matches(self.token.as_ref(), token))
     }
 
     /// `GET /ready`: 200 once every listener is bound and the store is open; else 503 and
@@ -445,6 +479,9 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
             let (status, body) = state.readiness();
             return json_response(status, &body);
         }
+        // No data in the page's files; the live socket checks the token in-band.
+        Route::Dashboard => return dashboard_file(&req),
+        Route::Live => return live_upgrade(state, req),
         _ => {}
     }
     if !state.authorized(req.headers()) {
@@ -482,8 +519,9 @@ async fn api(
         Route::Clients => {
             let search = query.get("search").map(str::to_owned);
             let page = query.page()?;
+            let sort = admin::ClientSort::parse(query.get("sort"), query.flag("desc")?)?;
             let v = blocking(shared, move |s| {
-                admin::list_clients(s, search.as_deref(), page)
+                admin::list_clients(s, search.as_deref(), sort, page)
             })
             .await?;
             json_response(200, &v)
@@ -517,8 +555,128 @@ async fn api(
             let body = read_body(state, req).await?;
             result(admin::publish(shared, &body).await)
         }
-        Route::Health | Route::Ready => error(ApiError::not_found("no such endpoint")),
+        Route::Overview => json_response(200, &blocking(shared, dashboard::overview).await?),
+        Route::Config => {
+            let mut v = state.config.clone();
+            v["bound"] = state.listeners.get().cloned().unwrap_or(Value::Null);
+            json_response(200, &v)
+        }
+        Route::Health | Route::Ready | Route::Dashboard | Route::Live => {
+            error(ApiError::not_found("no such endpoint"))
+        }
     })
+}
+
+/// A file of the dashboard, with its Content-Security-Policy; `304` when the browser has
+/// it already (the ETag is the hash of the content).
+fn dashboard_file(req: &Request<Incoming>) -> Response<Body> {
+    let Some(asset) = dashboard::asset(req.uri().path()) else {
+        return error(ApiError::not_found("no such file"));
+    };
+    let digest = Sha256::digest(asset.body);
+    let etag = format!(
+        "\"{}\"",
+        digest[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let fresh = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut r = if fresh {
+        respond(304, asset.content_type, Bytes::new())
+    } else {
+        respond(200, asset.content_type, Bytes::from_static(asset.body))
+    };
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(dashboard::CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
+}
+
+/// `GET /api/v1/live`: upgrades to the dashboard's live WebSocket (`live`). Only from the
+/// page's own origin (when the browser says which), at most `live::MAX_SOCKETS` at once; the
+/// token is the first message.
+fn live_upgrade(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
+    let Some(shared) = state.shared.get().cloned() else {
+        return error(ApiError::unavailable("the broker is starting"));
+    };
+    let headers = req.headers();
+    let has = |name: header::HeaderName, want: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
+    };
+    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+        return error(ApiError::bad_request(
+            "a WebSocket upgrade is expected here (the dashboard's live data)",
+        ));
+    }
+    if !has(header::SEC_WEBSOCKET_VERSION, "13") {
+        return error(ApiError::bad_request("Sec-WebSocket-Version: 13 expected"));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return error(ApiError::bad_request("Sec-WebSocket-Key missing"));
+    };
+    // Another site's page must not read the live data of a broker without a token.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let origin_host = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, h)| h);
+        if host.is_none() || origin_host != host {
+            return error(ApiError {
+                status: 403,
+                message: "the live socket is only for the dashboard's own page".into(),
+            });
+        }
+    }
+    let Some(permit) = crate::live::socket_permit(&shared.live) else {
+        return error(ApiError::unavailable(
+            "too many live dashboard sockets open",
+        ));
+    };
+    let accept = crate::ws::accept_key(key.as_bytes());
+    let token = state.token;
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let authorize = move |t: &str| token_matches(token.as_ref(), t);
+                crate::live::serve(upgraded, shared, authorize, permit).await;
+            }
+            Err(e) => debug!(error = %e, "live dashboard upgrade failed"),
+        }
+    });
+    let mut r = respond(101, "text/plain", Bytes::new());
+    r.headers_mut().remove(header::CONTENT_TYPE);
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
 }
 
 /// The request body, at most `body_limit` bytes (413 beyond).
@@ -575,6 +733,8 @@ mod tests {
             shared: OnceLock::new(),
             phase: AtomicU8::new(Phase::OpeningStore as u8),
             body_limit: 1024,
+            config: Value::Null,
+            listeners: OnceLock::new(),
         }
     }
 

@@ -30,7 +30,9 @@
 //! - [`metrics`]: broker-wide counters and histograms.
 //! - `http`: the operators' HTTP listener (`[http]`: Prometheus metrics, health, readiness)
 //!   over `admin`, the admin API's operations (clients, subscriptions, retained messages,
-//!   publish) as plain functions returning JSON.
+//!   publish) as plain functions returning JSON, and the web dashboard at `/`
+//!   (`dashboard`: embedded files, overview and configuration; `live`: once-a-second samples
+//!   and topic-explorer taps over a WebSocket).
 //! - [`store`]: persistence of retained messages and persistent sessions (the [`store::Backend`]
 //!   trait and its redb implementation, group commit, restart recovery).
 //!
@@ -48,9 +50,11 @@ pub mod bench_support;
 pub mod broker;
 pub mod config;
 mod connection;
+mod dashboard;
 mod http;
 mod limits;
 pub mod listener;
+mod live;
 pub mod message;
 pub mod metrics;
 pub mod password;

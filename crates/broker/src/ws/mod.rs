@@ -54,7 +54,7 @@ const MAX_PENDING_CONTROL: usize = 64 * 1024;
 const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// The `Sec-WebSocket-Accept` answering `key`: base64 of SHA-1 of the key and the GUID.
-fn accept_key(key: &[u8]) -> String {
+pub(crate) fn accept_key(key: &[u8]) -> String {
     let mut sha = Sha1::new();
     sha.update(key);
     sha.update(ACCEPT_GUID.as_bytes());
