@@ -544,6 +544,34 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes, split at any point, decode exactly as they do whole: the same
+        /// payload bytes up to the same error, and never a panic.
+        #[test]
+        fn arbitrary_bytes_decode_alike_in_any_split(
+            input in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+            cut in 0usize..400,
+            max in 0usize..300,
+        ) {
+            let whole = {
+                let mut reader = FrameReader::new(max);
+                let mut buf = input.clone();
+                reader.decode(&mut buf).map(|n| buf[..n].to_vec())
+            };
+            let cut = cut.min(input.len());
+            let mut reader = FrameReader::new(max);
+            let mut first = input[..cut].to_vec();
+            let split = reader.decode(&mut first).and_then(|n| {
+                let mut out = first[..n].to_vec();
+                let mut second = input[cut..].to_vec();
+                let m = reader.decode(&mut second)?;
+                out.extend_from_slice(&second[..m]);
+                Ok(out)
+            });
+            proptest::prop_assert_eq!(whole, split);
+        }
+    }
+
     #[test]
     fn unmasking_at_every_offset() {
         let mask = [0xA1, 0xB2, 0xC3, 0xD4];
