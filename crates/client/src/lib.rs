@@ -74,8 +74,9 @@ mod transport;
 
 pub use client::{Client, PendingPublish, State, Status};
 pub use error::{ClientError, ConnectError, ProtocolError, ReasonString};
-pub use message::Message;
+pub use message::{Ack, Message};
 pub use options::{
+    BoxedStream, Connector, IoStream,
     ClientBuilder, DEFAULT_PORT, DEFAULT_TLS_PORT, IntoTopicFilter, IntoTopicName, LastWill,
     PublishOptions, Subscription,
 };
