@@ -266,6 +266,7 @@ enum Route {
     Subscriptions,
     Retained,
     Publish,
+    Bridges,
 }
 
 impl Route {
@@ -288,6 +289,7 @@ impl Route {
             (Some("subscriptions"), None) => Route::Subscriptions,
             (Some("retained"), None) => Route::Retained,
             (Some("publish"), None) => Route::Publish,
+            (Some("bridges"), None) => Route::Bridges,
             _ => return Err(not_found()),
         };
         Ok(route)
@@ -517,6 +519,7 @@ async fn api(
             let body = read_body(state, req).await?;
             result(admin::publish(shared, &body).await)
         }
+        Route::Bridges => json_response(200, &crate::bridge::status_json(shared)),
         Route::Health | Route::Ready => error(ApiError::not_found("no such endpoint")),
     })
 }

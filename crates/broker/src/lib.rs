@@ -42,6 +42,7 @@
 
 pub mod acl;
 mod admin;
+pub mod bridge;
 pub mod auth;
 #[doc(hidden)]
 pub mod bench_support;
@@ -67,7 +68,11 @@ mod ws;
 pub use acl::{Acl, AclError, Action, Authorizer};
 pub use auth::{AllowAll, AuthExchange, AuthMethod, AuthStep, Authenticator, ConnectInfo};
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
-pub use config::{Config, ConfigError, HttpConfig, ListenerConfig, ListenerKind};
+pub use bridge::BridgeStatus;
+pub use config::{
+    BridgeConfig, BridgeProtocol, Config, ConfigError, Direction, HttpConfig, ListenerConfig,
+    ListenerKind, TopicRule,
+};
 pub use listener::ListenerInfo;
 pub use message::Message;
 pub use metrics::Metrics;
