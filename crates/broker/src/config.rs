@@ -1054,6 +1054,30 @@ mod tests {
     }
 
     #[test]
+    fn example_bridge_tables_parse() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text.find("# [[bridge]]\n").unwrap();
+        let end = start + text[start..].find("\n\n").unwrap();
+        let tables: String = text[start..end]
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::from_toml(&tables).unwrap();
+        c.validate().unwrap();
+        let b = &c.bridges[0];
+        assert_eq!(b.addresses.len(), 2);
+        assert_eq!(b.max_queued, Some(100_000));
+        assert!(b.tls && b.cert.is_some());
+        assert_eq!(b.topics.len(), 2);
+        assert_eq!(b.topics[1].direction, Direction::In);
+        assert_eq!(b.topics[0].local_filter(), "edge/sensors/#");
+        assert_eq!(b.topics[0].remote_filter(), "site1/sensors/#");
+        assert!(!format!("{b:?}").contains("secret"), "the password is not shown");
+    }
+
+    #[test]
     fn example_http_table_parses() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
         let text = std::fs::read_to_string(path).unwrap();

@@ -744,3 +744,73 @@ async fn mosquitto_v311_bridge_with_try_private_into_sagitta() {
 async fn mosquitto_v5_bridge_into_sagitta() {
     mosquitto_bridges_into_sagitta("mqttv50").await;
 }
+
+/// Bridged throughput against direct, in one run (numbers in docs/performance.md): K QoS 1
+/// messages of 64 bytes to a QoS 1 subscriber on Mosquitto, published straight to Mosquitto,
+/// then published to Sagitta and bridged. Run with
+/// `cargo test --release -p sagitta-broker --test bridge throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn throughput_bridged_vs_direct() {
+    const K: usize = 100_000;
+    let mosquitto = Mosquitto::start("max_inflight_messages 0\nmax_queued_messages 0\n");
+    let broker = sagitta(|c| {
+        let mut b = bridge("bench", &mosquitto.addr(), BridgeProtocol::V5)
+            .topic(TopicRule::new("bench/#", Direction::Out));
+        b.max_queued = Some(K);
+        b.max_inflight = 1000;
+        c.bridges.push(b);
+    })
+    .await;
+    wait_status(&broker, "bench", "connected", |s| s.connected).await;
+    let sub = Client::builder(mosquitto.addr())
+        .message_capacity(K)
+        .connect()
+        .await
+        .unwrap();
+    sub.subscribe_recv("bench/#", QoS::AtLeastOnce).await.unwrap();
+    let payload = bytes::Bytes::from(vec![b'x'; 64]);
+    let mut rates = Vec::new();
+    for (name, addr) in [
+        ("direct to Mosquitto", mosquitto.addr()),
+        ("bridged Sagitta -> Mosquitto", broker.local_addrs()[0].to_string()),
+    ] {
+        let publisher = client(addr, ProtocolVersion::V5).await;
+        let start = Instant::now();
+        let sending = tokio::spawn({
+            let publisher = publisher.clone();
+            let payload = payload.clone();
+            async move {
+                let mut pending = Vec::with_capacity(K);
+                for _ in 0..K {
+                    let p = publisher
+                        .start_publish("bench/t", payload.clone(), QoS::AtLeastOnce)
+                        .await
+                        .unwrap();
+                    pending.push(p);
+                }
+                for p in pending {
+                    p.await.unwrap();
+                }
+            }
+        });
+        for i in 0..K {
+            tokio::time::timeout(Duration::from_secs(60), sub.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{name}: {i} of {K} arrived"))
+                .unwrap();
+        }
+        let elapsed = start.elapsed();
+        sending.await.unwrap();
+        let rate = K as f64 / elapsed.as_secs_f64();
+        println!("{name}: {K} QoS 1 messages in {elapsed:.2?}: {rate:.0} msg/s");
+        rates.push(rate);
+        publisher.disconnect().await.unwrap();
+    }
+    println!(
+        "bridged/direct: {:.2}; bridge status: {:?}",
+        rates[1] / rates[0],
+        status(&broker, "bench")
+    );
+    broker.shutdown().await;
+}

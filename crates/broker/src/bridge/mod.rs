@@ -512,7 +512,23 @@ async fn connect_local(
         .connect()
         .await
         .map_err(BridgeError::Local)?;
-    for (filter, options) in Rules::new(config).subscriptions(true) {
+    let wanted = Rules::new(config).subscriptions(true);
+    // Subscriptions the persistent session kept from rules no longer configured.
+    let local_id = local_client_id(&config.name);
+    let stale: Vec<String> = shared
+        .router
+        .list(|c, _| c == local_id)
+        .into_iter()
+        .map(|s| s.filter)
+        .filter(|f| !wanted.iter().any(|(w, _)| w.as_str() == f))
+        .collect();
+    if !stale.is_empty() {
+        info!(filters = ?stale, "removing local subscriptions of rules no longer configured");
+        if let Err(e) = client.unsubscribe_many(stale.iter().map(String::as_str)).await {
+            warn!(error = %e, "cannot remove stale local subscriptions");
+        }
+    }
+    for (filter, options) in wanted {
         let refused = |reason: String| BridgeError::LocalSubscribe {
             filter: filter.to_string(),
             reason,
@@ -630,10 +646,10 @@ impl Bridge {
                 }
                 Event::Local(Some((message, ack))) => self.on_local(message, ack).await,
                 Event::OutDone(result) => self.on_out_done(result).await,
-                Event::Remote(None) => self.lost(None).await,
+                Event::Remote(None) => self.lost(VecDeque::new(), None).await,
                 Event::Remote(Some((message, ack))) => self.on_remote(message, ack).await,
                 Event::InDone(result) => self.on_in_done(result).await,
-                Event::RemoteClosed(error) => self.lost(error).await,
+                Event::RemoteClosed(error) => self.lost(VecDeque::new(), error).await,
                 Event::Attempt(attempt) => self.on_attempt(attempt).await,
             }
         }
@@ -723,7 +739,7 @@ impl Bridge {
             }
             Err(e) if refused(&e) => self.drop_out(out, &e).await,
             // The connection ended: sent again on the next one, before anything else.
-            Err(_) => self.waiting.push_front(out),
+            Err(e) => self.lost(VecDeque::from([out]), Some(e)).await,
         }
     }
 
@@ -777,9 +793,11 @@ impl Bridge {
         }
     }
 
-    /// The remote connection ended: what it did not acknowledge waits for the next one.
-    async fn lost(&mut self, error: Option<ClientError>) {
+    /// The remote connection ended: what it did not acknowledge (`first`, then the rest in
+    /// flight, then what waited) goes out on the next one, in order.
+    async fn lost(&mut self, first: VecDeque<Out>, error: Option<ClientError>) {
         let Some(remote) = self.remote.take() else {
+            self.waiting = first.into_iter().chain(self.waiting.drain(..)).collect();
             return;
         };
         let why = error.map_or_else(|| "connection closed".to_owned(), |e| e.to_string());
@@ -788,7 +806,7 @@ impl Bridge {
         self.state.set_error(&why);
         drop(remote);
         // Every publish of the closed client completes now (acknowledged or failed).
-        let mut again = VecDeque::new();
+        let mut again = first;
         for (out, done) in std::mem::take(&mut self.out_flight) {
             match done.await {
                 Ok(()) => {
@@ -807,7 +825,13 @@ impl Bridge {
 
     /// Starts a connection attempt to the next address after `delay`.
     fn schedule(&mut self, delay: Duration) {
-        let addr = self.config.addresses[self.next_addr % self.config.addresses.len()].clone();
+        let count = self.config.addresses.len().max(1);
+        let addr = self
+            .config
+            .addresses
+            .get(self.next_addr % count)
+            .cloned()
+            .unwrap_or_default();
         let private = self.private;
         let builder = self.remote_builder(&addr, private);
         if let Some(previous) = self.connecting.take() {
@@ -918,7 +942,7 @@ impl Bridge {
     /// The next address, after a growing delay.
     fn retry(&mut self) {
         self.failures = self.failures.saturating_add(1);
-        self.next_addr = (self.next_addr + 1) % self.config.addresses.len();
+        self.next_addr = (self.next_addr + 1) % self.config.addresses.len().max(1);
         let initial = self.config.reconnect_delay_ms;
         let shift = self.failures.saturating_sub(1).min(20);
         let delay = initial
