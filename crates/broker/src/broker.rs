@@ -151,8 +151,9 @@ impl Shared {
     pub fn may_receive(&self, session: &SessionEntry, topic: &str) -> bool {
         crate::bridge::is_bridge_id(&session.client_id)
             || self.acl.as_ref().is_none_or(|acl| {
-            session.with_username(|u| acl.authorize(Action::Receive, topic, &session.client_id, u))
-        })
+                session
+                    .with_username(|u| acl.authorize(Action::Receive, topic, &session.client_id, u))
+            })
     }
 
     /// Offers a message to a session's mailbox, writing it to the store first if the session

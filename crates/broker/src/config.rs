@@ -1074,7 +1074,10 @@ mod tests {
         assert_eq!(b.topics[1].direction, Direction::In);
         assert_eq!(b.topics[0].local_filter(), "edge/sensors/#");
         assert_eq!(b.topics[0].remote_filter(), "site1/sensors/#");
-        assert!(!format!("{b:?}").contains("secret"), "the password is not shown");
+        assert!(
+            !format!("{b:?}").contains("secret"),
+            "the password is not shown"
+        );
     }
 
     #[test]

@@ -1828,8 +1828,8 @@ impl<S: Transport> Conn<S> {
         // The broker's own bridges are not subject to the ACL.
         crate::bridge::is_bridge_id(&self.client_id)
             || self.shared.acl.as_ref().is_none_or(|acl| {
-            acl.authorize(action, topic, &self.client_id, self.username.as_deref())
-        })
+                acl.authorize(action, topic, &self.client_id, self.username.as_deref())
+            })
     }
 
     /// The store, if this session is kept in it.

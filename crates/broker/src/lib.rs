@@ -42,10 +42,10 @@
 
 pub mod acl;
 mod admin;
-pub mod bridge;
 pub mod auth;
 #[doc(hidden)]
 pub mod bench_support;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 mod connection;
@@ -67,8 +67,8 @@ mod ws;
 
 pub use acl::{Acl, AclError, Action, Authorizer};
 pub use auth::{AllowAll, AuthExchange, AuthMethod, AuthStep, Authenticator, ConnectInfo};
-pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use bridge::BridgeStatus;
+pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
 pub use config::{
     BridgeConfig, BridgeProtocol, Config, ConfigError, Direction, HttpConfig, ListenerConfig,
     ListenerKind, TopicRule,

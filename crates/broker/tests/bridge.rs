@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sagitta_broker::{
-    Broker, BridgeConfig, BridgeProtocol, BridgeStatus, Config, Direction, HttpConfig, TopicRule,
+    BridgeConfig, BridgeProtocol, BridgeStatus, Broker, Config, Direction, HttpConfig, TopicRule,
 };
 use sagitta_client::{Client, Message, ProtocolVersion, QoS, ReconnectPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -262,9 +262,11 @@ async fn until_flowing(publisher: &Client, subscriber: &Client, topic: &str, exp
             .await
             .unwrap();
         let round = Instant::now() + Duration::from_millis(200);
-        while let Ok(Some(m)) =
-            tokio::time::timeout(round.saturating_duration_since(Instant::now()), subscriber.recv())
-                .await
+        while let Ok(Some(m)) = tokio::time::timeout(
+            round.saturating_duration_since(Instant::now()),
+            subscriber.recv(),
+        )
+        .await
         {
             if m.topic.as_str() == expect {
                 // Pings published meanwhile may follow.
@@ -272,7 +274,10 @@ async fn until_flowing(publisher: &Client, subscriber: &Client, topic: &str, exp
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "nothing flows from {topic} to {expect}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing flows from {topic} to {expect}"
+        );
     }
 }
 
@@ -307,7 +312,13 @@ async fn flows_both_ways_with_remapping(protocol: BridgeProtocol) {
         .await
         .unwrap();
     let local_pub = client(&local_addr, ProtocolVersion::V5).await;
-    until_flowing(&local_pub, &remote_sub, "edge/sensors/ping", "site1/sensors/ping").await;
+    until_flowing(
+        &local_pub,
+        &remote_sub,
+        "edge/sensors/ping",
+        "site1/sensors/ping",
+    )
+    .await;
     local_pub
         .publish_with("edge/sensors/t1", "21.5", QoS::AtLeastOnce)
         .await
@@ -375,9 +386,15 @@ async fn no_loop(protocol: BridgeProtocol) {
     let local_addr = broker.local_addrs()[0].to_string();
     wait_status(&broker, "loop", "connected", |s| s.connected).await;
     let local = client(&local_addr, ProtocolVersion::V5).await;
-    local.subscribe_recv("loop/#", QoS::AtLeastOnce).await.unwrap();
+    local
+        .subscribe_recv("loop/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let remote = client(mosquitto.addr(), v(protocol)).await;
-    remote.subscribe_recv("loop/#", QoS::AtLeastOnce).await.unwrap();
+    remote
+        .subscribe_recv("loop/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     // Both directions work before counting (pings may arrive on both sides).
     until_flowing(&local, &remote, "loop/ping-out", "loop/ping-out").await;
     until_flowing(&remote, &local, "loop/ping-in", "loop/ping-in").await;
@@ -450,7 +467,10 @@ async fn expect_in_order(c: &Client, n: usize) {
         if i < seen {
             continue; // A duplicate.
         }
-        assert_eq!(i, seen, "message {seen} expected, got {i}: out of order or lost");
+        assert_eq!(
+            i, seen,
+            "message {seen} expected, got {i}: out of order or lost"
+        );
         seen += 1;
     }
 }
@@ -560,8 +580,12 @@ async fn status_in_admin_api_sys_and_metrics() {
         );
         // Never reachable: connected stays false, the error says why.
         c.bridges.push(
-            bridge("down", &format!("127.0.0.1:{}", free_port()), BridgeProtocol::V5)
-                .topic(TopicRule::new("d/#", Direction::Out)),
+            bridge(
+                "down",
+                &format!("127.0.0.1:{}", free_port()),
+                BridgeProtocol::V5,
+            )
+            .topic(TopicRule::new("d/#", Direction::Out)),
         );
     })
     .await;
@@ -569,8 +593,14 @@ async fn status_in_admin_api_sys_and_metrics() {
     wait_status(&broker, "st", "connected", |s| s.connected).await;
     wait_status(&broker, "down", "an error", |s| s.last_error.is_some()).await;
     let local = client(&local_addr, ProtocolVersion::V5).await;
-    local.publish_with("s/1", "x", QoS::AtLeastOnce).await.unwrap();
-    local.publish_with("d/1", "x", QoS::AtLeastOnce).await.unwrap();
+    local
+        .publish_with("s/1", "x", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    local
+        .publish_with("d/1", "x", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     wait_status(&broker, "st", "sent", |s| s.sent == 1).await;
     wait_status(&broker, "down", "held", |s| s.queued + s.inflight == 1).await;
 
@@ -584,12 +614,26 @@ async fn status_in_admin_api_sys_and_metrics() {
     assert_eq!(bridges[0]["sent"], 1);
     assert_eq!(bridges[0]["remote"], mosquitto.addr());
     assert_eq!(bridges[1]["connected"], false);
-    assert!(bridges[1]["last_error"].as_str().unwrap().contains("127.0.0.1"));
+    assert!(
+        bridges[1]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1")
+    );
 
     let metrics = http_get(http, "/metrics").await;
-    assert!(metrics.contains("sagitta_bridge_connected{bridge=\"st\"} 1"), "{metrics}");
-    assert!(metrics.contains("sagitta_bridge_connected{bridge=\"down\"} 0"), "{metrics}");
-    assert!(metrics.contains("sagitta_bridge_sent_total{bridge=\"st\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("sagitta_bridge_connected{bridge=\"st\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sagitta_bridge_connected{bridge=\"down\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sagitta_bridge_sent_total{bridge=\"st\"} 1"),
+        "{metrics}"
+    );
 
     let sys = client(&local_addr, ProtocolVersion::V5).await;
     sys.subscribe_recv("$SYS/broker/bridge/st/#", QoS::AtMostOnce)
@@ -669,10 +713,15 @@ fn bridge_config_is_checked() {
     let e = error(&format!(
         "{base}[[bridge.topic]]\npattern = \"a/#\"\nlocal_prefix = \"x/#/\"\n"
     ));
-    assert!(e.contains("`[[bridge]]` b") && e.contains("local_prefix"), "{e}");
+    assert!(
+        e.contains("`[[bridge]]` b") && e.contains("local_prefix"),
+        "{e}"
+    );
     let e = error(&format!("{base}[[bridge.topic]]\npattern = \"a/#/b\"\n"));
     assert!(e.contains("not valid"), "{e}");
-    let e = error(&format!("{base}[[bridge.topic]]\npattern = \"a\"\nqos = 3\n"));
+    let e = error(&format!(
+        "{base}[[bridge.topic]]\npattern = \"a\"\nqos = 3\n"
+    ));
     assert!(e.contains("qos"), "{e}");
     let e = error(base);
     assert!(e.contains("at least one `[[bridge.topic]]`"), "{e}");
@@ -680,7 +729,9 @@ fn bridge_config_is_checked() {
         "{base}[[bridge.topic]]\npattern = \"a\"\n{base}[[bridge.topic]]\npattern = \"a\"\n"
     ));
     assert!(e.contains("same name"), "{e}");
-    let e = error("[[bridge]]\nname = \"a b\"\naddresses = [\"h:1\"]\n[[bridge.topic]]\npattern = \"a\"\n");
+    let e = error(
+        "[[bridge]]\nname = \"a b\"\naddresses = [\"h:1\"]\n[[bridge.topic]]\npattern = \"a\"\n",
+    );
     assert!(e.contains("`name`"), "{e}");
     let e = error(&format!(
         "{base}tls = true\n[[bridge.topic]]\npattern = \"a\"\n"
@@ -703,14 +754,26 @@ async fn mosquitto_bridges_into_sagitta(version: &str) {
          topic up/# out 1\ntopic down/# in 1\ntopic both/# both 1\n"
     ));
     let local = client(&sagitta_addr, ProtocolVersion::V5).await;
-    local.subscribe_recv("up/#", QoS::AtLeastOnce).await.unwrap();
+    local
+        .subscribe_recv("up/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let remote = client(mosquitto.addr(), ProtocolVersion::V5).await;
-    remote.subscribe_recv("down/#", QoS::AtLeastOnce).await.unwrap();
+    remote
+        .subscribe_recv("down/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     until_flowing(&remote, &local, "up/ping", "up/ping").await;
     until_flowing(&local, &remote, "down/ping", "down/ping").await;
 
-    local.subscribe_recv("both/#", QoS::AtLeastOnce).await.unwrap();
-    remote.subscribe_recv("both/#", QoS::AtLeastOnce).await.unwrap();
+    local
+        .subscribe_recv("both/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    remote
+        .subscribe_recv("both/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     until_flowing(&local, &remote, "both/ping-out", "both/ping-out").await;
     until_flowing(&remote, &local, "both/ping-in", "both/ping-in").await;
     drain(&local, Duration::from_millis(500)).await;
@@ -768,12 +831,17 @@ async fn throughput_bridged_vs_direct() {
         .connect()
         .await
         .unwrap();
-    sub.subscribe_recv("bench/#", QoS::AtLeastOnce).await.unwrap();
+    sub.subscribe_recv("bench/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let payload = bytes::Bytes::from(vec![b'x'; 64]);
     let mut rates = Vec::new();
     for (name, addr) in [
         ("direct to Mosquitto", mosquitto.addr()),
-        ("bridged Sagitta -> Mosquitto", broker.local_addrs()[0].to_string()),
+        (
+            "bridged Sagitta -> Mosquitto",
+            broker.local_addrs()[0].to_string(),
+        ),
     ] {
         let publisher = client(addr, ProtocolVersion::V5).await;
         let start = Instant::now();

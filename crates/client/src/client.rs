@@ -430,7 +430,13 @@ impl Client {
     /// While the queue is full the event loop stops reading from the broker, so a program
     /// that makes such subscriptions must keep reading.
     pub async fn recv(&self) -> Option<Message> {
-        self.inner.messages.lock().await.recv().await.map(|(m, _)| m)
+        self.inner
+            .messages
+            .lock()
+            .await
+            .recv()
+            .await
+            .map(|(m, _)| m)
     }
 
     /// Like [`Client::recv`] without waiting: `None` if no message is queued right now.

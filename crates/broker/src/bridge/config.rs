@@ -283,8 +283,7 @@ impl BridgeConfig {
         if self.max_inflight == 0 {
             return Err("`max_inflight` must be at least 1".into());
         }
-        if self.reconnect_delay_ms == 0 || self.reconnect_max_delay_ms < self.reconnect_delay_ms
-        {
+        if self.reconnect_delay_ms == 0 || self.reconnect_max_delay_ms < self.reconnect_delay_ms {
             return Err(
                 "`reconnect_delay_ms` must be at least 1 and at most `reconnect_max_delay_ms`"
                     .into(),

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sagitta_client::{
-    Ack, BoxedStream, Client, ClientBuilder, ClientError, ConnectError, Connector,
-    PendingPublish, PublishOptions, ReconnectPolicy, Subscription, TlsOptions,
+    Ack, BoxedStream, Client, ClientBuilder, ClientError, ConnectError, Connector, PendingPublish,
+    PublishOptions, ReconnectPolicy, Subscription, TlsOptions,
 };
 use sagitta_proto::{
     ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions, TopicFilter, TopicName,
@@ -524,7 +524,10 @@ async fn connect_local(
         .collect();
     if !stale.is_empty() {
         info!(filters = ?stale, "removing local subscriptions of rules no longer configured");
-        if let Err(e) = client.unsubscribe_many(stale.iter().map(String::as_str)).await {
+        if let Err(e) = client
+            .unsubscribe_many(stale.iter().map(String::as_str))
+            .await
+        {
             warn!(error = %e, "cannot remove stale local subscriptions");
         }
     }
@@ -687,7 +690,11 @@ impl Bridge {
         if out.message.qos == QoS::AtMostOnce {
             let sent = match &self.remote {
                 Some(remote) => remote
-                    .start_publish(out.topic.clone(), out.message.payload.clone(), out.options())
+                    .start_publish(
+                        out.topic.clone(),
+                        out.message.payload.clone(),
+                        out.options(),
+                    )
                     .await
                     .is_ok(),
                 None => false,
@@ -713,7 +720,11 @@ impl Bridge {
             return;
         };
         match remote
-            .start_publish(out.topic.clone(), out.message.payload.clone(), out.options())
+            .start_publish(
+                out.topic.clone(),
+                out.message.payload.clone(),
+                out.options(),
+            )
             .await
         {
             Ok(done) => self.out_flight.push_back((out, done)),
@@ -932,7 +943,10 @@ impl Bridge {
         self.state.connected.store(true, Ordering::Relaxed);
         let waiting = std::mem::take(&mut self.waiting);
         if !waiting.is_empty() {
-            info!(count = waiting.len(), "sending what waited for the remote broker");
+            info!(
+                count = waiting.len(),
+                "sending what waited for the remote broker"
+            );
         }
         for out in waiting {
             self.send(out).await;
