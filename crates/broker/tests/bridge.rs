@@ -882,3 +882,139 @@ async fn throughput_bridged_vs_direct() {
     );
     broker.shutdown().await;
 }
+
+/// A CA (PEM, issuer) made with rcgen for the mTLS test.
+fn ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Bridge Test CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), rcgen::Issuer::new(params, key))
+}
+
+/// A certificate signed by `issuer` for `names` (server) or with common name `names[0]`
+/// (client): (certificate PEM, key PEM).
+fn leaf(
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    names: &[&str],
+    server: bool,
+) -> (String, String) {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let sans: Vec<String> = if server {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    } else {
+        Vec::new()
+    };
+    let mut params = CertificateParams::new(sans).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    params.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A bridge over mutual TLS to a Mosquitto that requires client certificates; one without
+/// a client certificate is refused and says so in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_over_mutual_tls() {
+    let dir = std::env::temp_dir().join(format!(
+        "sagitta-bridge-tls-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca_pem, issuer) = ca();
+    let write = |file: &str, text: &str| {
+        let path = dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_file = write("ca.pem", &ca_pem);
+    let (cert, key) = leaf(&issuer, &["localhost", "127.0.0.1"], true);
+    let server_cert = write("server.pem", &cert);
+    let server_key = write("server.key", &key);
+    let (cert, key) = leaf(&issuer, &["edge-1"], false);
+    let client_cert = write("client.pem", &cert);
+    let client_key = write("client.key", &key);
+    let mosquitto = Mosquitto::start(&format!(
+        "certfile {}\nkeyfile {}\ncafile {}\nrequire_certificate true\n",
+        server_cert.display(),
+        server_key.display(),
+        ca_file.display()
+    ));
+    let broker = sagitta(|c| {
+        let mut b = bridge("secure", &mosquitto.addr(), BridgeProtocol::V5)
+            .topic(TopicRule::new("t/#", Direction::Out));
+        b.tls = true;
+        b.ca_file = Some(ca_file.clone());
+        b.cert = Some(client_cert.clone());
+        b.key = Some(client_key.clone());
+        c.bridges.push(b);
+        let mut without = bridge("no-cert", &mosquitto.addr(), BridgeProtocol::V311)
+            .topic(TopicRule::new("u/#", Direction::Out));
+        without.tls = true;
+        without.ca_file = Some(ca_file.clone());
+        c.bridges.push(without);
+    })
+    .await;
+    wait_status(&broker, "secure", "connected", |s| s.connected).await;
+    wait_status(&broker, "no-cert", "refused", |s| s.last_error.is_some()).await;
+    assert!(!status(&broker, "no-cert").connected);
+
+    let sub = Client::builder(mosquitto.addr())
+        .tls(sagitta_client::TlsOptions::ca_file(&ca_file).client_cert(&client_cert, &client_key))
+        .connect()
+        .await
+        .expect("a TLS client connects to Mosquitto");
+    sub.subscribe_recv("t/#", QoS::AtLeastOnce).await.unwrap();
+    let local = client(broker.local_addrs()[0].to_string(), ProtocolVersion::V5).await;
+    until_flowing(&local, &sub, "t/ping", "t/ping").await;
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The addresses are tried in turn: the first is down, the second is used; when that one
+/// goes away too, the bridge fails over to a third that came up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_next_address() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let mut b = Mosquitto::start("");
+    let c = Mosquitto::start("");
+    let broker = sagitta(|config| {
+        let mut bridge =
+            bridge("fo", &dead, BridgeProtocol::V5).topic(TopicRule::new("f/#", Direction::Out));
+        bridge.addresses.push(b.addr());
+        bridge.addresses.push(c.addr());
+        config.bridges.push(bridge);
+    })
+    .await;
+    wait_status(&broker, "fo", "connected to the second address", |s| {
+        s.connected && s.remote.as_deref() == Some(b.addr().as_str())
+    })
+    .await;
+    b.kill();
+    wait_status(&broker, "fo", "connected to the third address", |s| {
+        s.connected && s.remote.as_deref() == Some(c.addr().as_str())
+    })
+    .await;
+    let sub = client(c.addr(), ProtocolVersion::V5).await;
+    sub.subscribe_recv("f/#", QoS::AtLeastOnce).await.unwrap();
+    let local = client(broker.local_addrs()[0].to_string(), ProtocolVersion::V5).await;
+    until_flowing(&local, &sub, "f/ping", "f/ping").await;
+    assert!(status(&broker, "fo").reconnects >= 1);
+    broker.shutdown().await;
+}
