@@ -934,7 +934,6 @@ impl<S: Transport> Conn<S> {
                         return Close::Network;
                     }
                     Ok(_) => {
-                        self.last_rx = Instant::now();
                         if let Some(close) = self.handle_input() {
                             return close;
                         }
@@ -953,7 +952,7 @@ impl<S: Transport> Conn<S> {
                     self.last_rx = Instant::now();
                 }
                 _ = &mut self.ka_timer, if self.keep_alive > 0 && self.paused_until.is_none() => {
-                    // The timer is re-armed lazily: reads only move `last_rx`.
+                    // The timer is re-armed lazily: decoded packets only move `last_rx`.
                     match server_keep_alive_deadline(self.last_rx, self.keep_alive) {
                         Some(d) if d > Instant::now() => self.ka_timer.as_mut().reset(d.into()),
                         _ => return Close::KeepAlive,
@@ -986,9 +985,11 @@ impl<S: Transport> Conn<S> {
     /// Decodes and handles every complete packet in the read buffer.
     fn handle_input(&mut self) -> Option<Close> {
         let max = self.shared.config.max_packet_size as usize;
+        let mut decoded = false;
         loop {
             match decode(&mut self.io.rbuf, self.version, max) {
                 Ok(Some(packet)) => {
+                    decoded = true;
                     if let Some(close) = self.handle(packet) {
                         return Some(close);
                     }
@@ -996,7 +997,15 @@ impl<S: Transport> Conn<S> {
                         self.resend_unsent();
                     }
                 }
-                Ok(None) => return None,
+                Ok(None) => {
+                    // Keep-alive counts whole control packets, not bytes [MQTT-3.1.2-22]:
+                    // a packet trickled in a byte at a time keeps nothing alive. One clock
+                    // read per socket read that completed packets, not one per packet.
+                    if decoded {
+                        self.last_rx = Instant::now();
+                    }
+                    return None;
+                }
                 Err(e) => return Some(Close::Protocol(e.reason_code(), e.to_string())),
             }
         }

@@ -734,9 +734,9 @@ fn bridge_config_is_checked() {
     );
     assert!(e.contains("`name`"), "{e}");
     let e = error(&format!(
-        "{base}tls = true\n[[bridge.topic]]\npattern = \"a\"\n"
+        "{base}ca_file = \"ca.pem\"\n[[bridge.topic]]\npattern = \"a\"\n"
     ));
-    assert!(e.contains("ca_file"), "{e}");
+    assert!(e.contains("need `tls = true`"), "{e}");
     let e = error(&format!(
         "{base}[[bridge.topic]]\npattern = \"a\"\ndirection = \"sideways\"\n"
     ));

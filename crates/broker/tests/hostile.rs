@@ -948,3 +948,35 @@ async fn a_client_stalled_in_mid_packet_is_closed_by_keep_alive() {
     }
     bystander.finish().await;
 }
+
+#[tokio::test]
+async fn a_packet_trickled_a_byte_at_a_time_does_not_keep_the_connection_alive() {
+    // Keep-alive counts control packets, not bytes [MQTT-3.1.2-22]: a client that sends
+    // one byte of a PUBLISH now and then must not hold a connection open forever.
+    let _gate = GATE.read().await;
+    let b = broker_with(Config::default().in_memory()).await;
+    let a = addr(&b);
+    let mut c = connect_packet(V3_1_1, "trickle");
+    c.keep_alive = 1;
+    let (mut p, _) = Peer::connect_with(a, c).await;
+    let started = Instant::now();
+    // A 50-byte PUBLISH at one byte per 250 ms would take 12.5 s to arrive.
+    let mut publish = vec![0x30, 48, 0x00, 0x05];
+    publish.extend_from_slice(b"tricklepayload-tricklepayload-tricklepayload-");
+    let trickle = async {
+        for byte in &publish {
+            if p.try_send_raw(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    trickle.await;
+    let took = started.elapsed();
+    let got = p.expect_closed().await;
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "closed after {took:?}: each byte must not count as a packet"
+    );
+}

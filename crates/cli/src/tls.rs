@@ -1,6 +1,7 @@
 //! The TLS flags of `sagitta pub`, `sagitta sub` and `sagitta bench`, named as
-//! `mosquitto_pub`'s: `--cafile` turns TLS on, `--cert`/`--key` add a client certificate,
-//! `--insecure` skips verification, `--tls-server-name` overrides the name checked.
+//! `mosquitto_pub`'s: `--cafile` or `--tls-use-os-certs` turns TLS on, `--cert`/`--key` add
+//! a client certificate, `--insecure` skips verification, `--tls-server-name` overrides the
+//! name checked. An `mqtts://` URL without a trust flag trusts the system's CAs.
 
 use std::path::PathBuf;
 
@@ -15,6 +16,11 @@ pub struct TlsArgs {
     /// -p says otherwise (usually -p 8883).
     #[arg(long = "cafile", value_name = "FILE")]
     pub cafile: Option<PathBuf>,
+    /// Connect with TLS, trusting the operating system's CA certificates (on Debian the
+    /// ca-certificates bundle; SSL_CERT_FILE / SSL_CERT_DIR override it): for brokers with a
+    /// public certificate. The default trust of an mqtts:// URL.
+    #[arg(long = "tls-use-os-certs", conflicts_with = "cafile")]
+    pub os_certs: bool,
     /// Client certificate chain (PEM) for mutual TLS; needs --key.
     #[arg(long = "cert", value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -38,6 +44,7 @@ impl TlsArgs {
         let mut options = match (&self.cafile, self.insecure) {
             (_, true) => TlsOptions::insecure(),
             (Some(ca), false) => TlsOptions::ca_file(ca),
+            (None, false) if self.os_certs || required => TlsOptions::system_roots(),
             (None, false) => {
                 let lone = if self.cert.is_some() {
                     Some("--cert and --key")
@@ -46,15 +53,12 @@ impl TlsArgs {
                 } else {
                     None
                 };
-                return match (lone, required) {
-                    (_, true) => Err("TLS (mqtts://) needs --cafile FILE, the CA that signed \
-                                      the broker's certificate (or --insecure to skip \
-                                      verification): there is no built-in trust store"
-                        .into()),
-                    (Some(flags), false) => Err(format!(
-                        "{flags} need TLS: give --cafile FILE (or --insecure)"
+                return match lone {
+                    Some(flags) => Err(format!(
+                        "{flags} need TLS: give --cafile FILE or --tls-use-os-certs (or \
+                         --insecure)"
                     )),
-                    (None, false) => Ok(None),
+                    None => Ok(None),
                 };
             }
         };
@@ -70,8 +74,10 @@ impl TlsArgs {
 
 /// The `--help` lines on TLS shared by the tools.
 pub const TLS_HELP: &str = "\
-TLS: --cafile turns TLS on (TLS 1.2 or 1.3); the port stays 1883 unless -p says otherwise.
+TLS: --cafile or --tls-use-os-certs turns TLS on (TLS 1.2 or 1.3); the port stays 1883
+unless -p says otherwise. An mqtts:// URL (-L) means TLS on port 8883 with the system's CAs.
   --cafile ca.pem -p 8883                       verify the broker against ca.pem
+  --tls-use-os-certs -p 8883                    verify it against the system's CAs
   --cafile ca.pem --cert me.pem --key me.key    mutual TLS with a client certificate
   --insecure -p 8883                            TLS without verification (tests only)";
 
@@ -82,6 +88,7 @@ mod tests {
     fn args(cafile: bool, cert: bool, insecure: bool, name: bool) -> TlsArgs {
         TlsArgs {
             cafile: cafile.then(|| "ca.pem".into()),
+            os_certs: false,
             cert: cert.then(|| "c.pem".into()),
             key: cert.then(|| "c.key".into()),
             insecure,
@@ -121,8 +128,18 @@ mod tests {
         assert!(e.contains("--cert") && e.contains("--cafile"), "{e}");
         let e = args(false, false, false, true).options(false).unwrap_err();
         assert!(e.contains("--tls-server-name"), "{e}");
-        let e = args(false, false, false, false).options(true).unwrap_err();
-        assert!(e.contains("mqtts://") && e.contains("--cafile"), "{e}");
+        // mqtts:// alone trusts the system's CAs; so does --tls-use-os-certs.
+        assert!(
+            args(false, false, false, false)
+                .options(true)
+                .unwrap()
+                .is_some()
+        );
         assert!(args(true, false, false, false).options(true).is_ok());
+        let os = TlsArgs {
+            os_certs: true,
+            ..args(false, true, false, false)
+        };
+        assert!(os.options(false).unwrap().is_some());
     }
 }

@@ -176,8 +176,14 @@ impl Out {
 
 /// Runs `program` with `args` to completion (at most [`PATIENCE`]).
 fn run(program: &str, args: &[String]) -> Out {
+    run_with_env(program, args, &[])
+}
+
+/// [`run`] with these environment variables set.
+fn run_with_env(program: &str, args: &[String], env: &[(&str, &str)]) -> Out {
     let mut cmd = Command::new(program);
     cmd.args(args)
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -264,6 +270,90 @@ fn pub_and_sub_with_cafile_round_trip() {
     ]);
     out.assert_ok("sagitta sub");
     assert_eq!(out.stdout.trim_end(), "by url");
+}
+
+/// `sagitta` with these arguments and a system trust store made of `bundle` alone:
+/// rustls-native-certs reads `SSL_CERT_FILE` and `SSL_CERT_DIR` instead of the system's.
+fn sagitta_trusting(s: &Setup, bundle: &str, args: &[&str]) -> Out {
+    let empty = s.path("empty-cert-dir");
+    std::fs::create_dir_all(&empty).unwrap();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    run_with_env(
+        BIN,
+        &args,
+        &[("SSL_CERT_FILE", &s.path(bundle)), ("SSL_CERT_DIR", &empty)],
+    )
+}
+
+#[test]
+fn mqtts_urls_and_tls_use_os_certs_trust_the_system_store() {
+    let s = Setup::new("os-certs");
+    let port = s.port.to_string();
+    let url = format!("mqtts://localhost:{port}/os/url");
+    // An mqtts:// URL with no trust flag: the system's CAs.
+    sagitta_trusting(
+        &s,
+        "ca.pem",
+        &["pub", "-L", &url, "-r", "-m", "system roots"],
+    )
+    .assert_ok("sagitta pub -L mqtts:// with the CA in the system store");
+    let out = sagitta_trusting(
+        &s,
+        "ca.pem",
+        &[
+            "sub",
+            "-p",
+            &port,
+            "--tls-use-os-certs",
+            "-t",
+            "os/url",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ],
+    );
+    out.assert_ok("sagitta sub --tls-use-os-certs");
+    assert_eq!(out.stdout.trim_end(), "system roots");
+    // The same with a system store that lacks the broker's CA: refused.
+    sagitta_trusting(&s, "other-ca.pem", &["pub", "-L", &url, "-m", "x"]).assert_fails(
+        1,
+        "not signed by a trusted CA",
+        "mqtts:// with the CA not in the system store",
+    );
+    sagitta_trusting(
+        &s,
+        "other-ca.pem",
+        &[
+            "pub",
+            "-p",
+            &port,
+            "--tls-use-os-certs",
+            "-t",
+            "t",
+            "-m",
+            "x",
+        ],
+    )
+    .assert_fails(
+        1,
+        "not signed by a trusted CA",
+        "--tls-use-os-certs, CA unknown",
+    );
+    // --cafile and --tls-use-os-certs together are a usage error.
+    sagitta(&[
+        "pub",
+        "-p",
+        &port,
+        "--cafile",
+        &s.path("ca.pem"),
+        "--tls-use-os-certs",
+        "-t",
+        "t",
+        "-m",
+        "x",
+    ])
+    .assert_fails(2, "--tls-use-os-certs", "both trust flags");
 }
 
 #[test]
@@ -373,14 +463,6 @@ fn verification_failures_and_bad_flags() {
         "t",
     ])
     .assert_fails(2, "--cafile", "--cert without TLS");
-    sagitta(&[
-        "pub",
-        "-L",
-        &format!("mqtts://localhost:{port}/t"),
-        "-m",
-        "x",
-    ])
-    .assert_fails(2, "--cafile", "mqtts:// without a CA");
     // Plain MQTT to a TLS port.
     sagitta(&["pub", "-p", &port, "-t", "t", "-m", "x"]).assert_fails(
         1,

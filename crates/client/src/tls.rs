@@ -33,9 +33,10 @@ use rustls::{CertificateError, SignatureScheme};
 /// # let _ = client; Ok(()) }
 /// ```
 ///
-/// TLS 1.2 and 1.3 only, with rustls and its `ring` provider. There is no built-in system
-/// trust store: name the CA bundle ([`TlsOptions::ca_file`]), or pass a ready rustls
-/// configuration ([`TlsOptions::with_config`]) built with the roots of your choice.
+/// TLS 1.2 and 1.3 only, with rustls and its `ring` provider. Trust the operating system's
+/// CAs ([`TlsOptions::system_roots`], for brokers with a public certificate), a CA bundle of
+/// your own ([`TlsOptions::ca_file`]), or pass a ready rustls configuration
+/// ([`TlsOptions::with_config`]) built with the roots of your choice.
 #[derive(Debug, Clone)]
 pub struct TlsOptions {
     trust: Trust,
@@ -47,6 +48,8 @@ pub struct TlsOptions {
 enum Trust {
     /// The CAs of these PEM bundles.
     CaFiles(Vec<PathBuf>),
+    /// The operating system's trust store.
+    System,
     /// Nothing verified.
     Insecure,
     /// A configuration made by the caller.
@@ -59,6 +62,19 @@ impl TlsOptions {
     pub fn ca_file(path: impl Into<PathBuf>) -> Self {
         Self {
             trust: Trust::CaFiles(vec![path.into()]),
+            identity: None,
+            server_name: None,
+        }
+    }
+
+    /// Trusts the operating system's CA certificates, as a browser would: on Linux the
+    /// bundle and directory OpenSSL uses (`/etc/ssl/certs` on Debian, from the
+    /// `ca-certificates` package), or the files named by the `SSL_CERT_FILE` and
+    /// `SSL_CERT_DIR` environment variables; the platform's store on macOS and Windows. They
+    /// are read when the client is built; finding none is an error then.
+    pub fn system_roots() -> Self {
+        Self {
+            trust: Trust::System,
             identity: None,
             server_name: None,
         }
@@ -155,6 +171,7 @@ impl TlsOptions {
                 }
                 builder()?.with_root_certificates(roots)
             }
+            Trust::System => builder()?.with_root_certificates(system_roots()?),
             Trust::Insecure => builder()?
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoVerification {
@@ -253,6 +270,27 @@ pub enum TlsError {
     /// The server name is neither a DNS name nor an IP address.
     #[error("invalid TLS server name {0:?}: not a DNS name or an IP address")]
     ServerName(String),
+}
+
+/// The operating system's CA certificates. Unreadable or unusable ones are skipped, as
+/// OpenSSL does; none at all is an error naming what went wrong.
+fn system_roots() -> Result<RootCertStore, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = match found.errors.first() {
+            Some(e) => e.to_string(),
+            None => "no CA certificate found (on Debian: install ca-certificates; or set \
+                     SSL_CERT_FILE)"
+                .to_owned(),
+        };
+        return Err(TlsError::Rejected {
+            what: "system trust store".into(),
+            message: why,
+        });
+    }
+    Ok(roots)
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -161,7 +161,8 @@ pub struct BridgeConfig {
     /// Connect with TLS. Default false.
     #[serde(default)]
     pub tls: bool,
-    /// TLS: PEM CA bundle to verify the remote with (required with TLS unless `insecure`).
+    /// TLS: PEM CA bundle to verify the remote with. Default: the system's CAs (those OpenSSL
+    /// uses; `SSL_CERT_FILE` / `SSL_CERT_DIR` honoured).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// TLS: PEM client certificate chain (mTLS), with `key`.
@@ -302,9 +303,6 @@ impl BridgeConfig {
             || self.cert.is_some()
             || self.server_name.is_some()
             || self.insecure;
-        if self.tls && self.ca_file.is_none() && !self.insecure {
-            return Err("`tls = true` needs a `ca_file` to verify the remote broker with".into());
-        }
         if tls_only && !self.tls {
             return Err(
                 "`ca_file`, `cert`, `key`, `server_name` and `insecure` need `tls = true`".into(),

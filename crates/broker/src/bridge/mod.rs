@@ -562,7 +562,7 @@ fn tls_options(config: &BridgeConfig) -> Result<Option<TlsOptions>, BridgeError>
     let mut tls = match (&config.ca_file, config.insecure) {
         (_, true) => TlsOptions::insecure(),
         (Some(ca), false) => TlsOptions::ca_file(ca),
-        (None, false) => return Err(BridgeError::Tls("`ca_file` is needed".into())),
+        (None, false) => TlsOptions::system_roots(),
     };
     if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
         tls = tls.client_cert(cert, key);

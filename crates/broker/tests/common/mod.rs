@@ -135,6 +135,11 @@ impl Peer {
         self.stream.write_all(bytes).await.expect("write");
     }
 
+    /// Writes `bytes`; an error once the broker has closed the connection.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
     /// The next packet, or `None` if the broker closed the connection. Fails after [`WAIT`].
     pub async fn try_recv(&mut self) -> Option<Packet> {
         tokio::time::timeout(WAIT, self.next_packet())
