@@ -1018,3 +1018,52 @@ async fn fails_over_to_the_next_address() {
     assert!(status(&broker, "fo").reconnects >= 1);
     broker.shutdown().await;
 }
+
+/// Sagitta bridged to Sagitta, `both` ways on one topic, 3.1.1 (the remote Sagitta honours
+/// the bridge flag) and 5.0: each message arrives once on each side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagitta_to_sagitta_no_loop() {
+    for protocol in [BridgeProtocol::V311, BridgeProtocol::V5] {
+        let remote = sagitta(|_| {}).await;
+        let remote_addr = remote.local_addrs()[0].to_string();
+        let broker = sagitta(|c| {
+            c.bridges.push(
+                bridge("s2s", &remote_addr, protocol)
+                    .topic(TopicRule::new("loop/#", Direction::Both)),
+            );
+        })
+        .await;
+        wait_status(&broker, "s2s", "connected", |s| s.connected).await;
+        let local = client(broker.local_addrs()[0].to_string(), ProtocolVersion::V5).await;
+        local
+            .subscribe_recv("loop/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let far = client(&remote_addr, v(protocol)).await;
+        far.subscribe_recv("loop/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        until_flowing(&local, &far, "loop/ping-out", "loop/ping-out").await;
+        until_flowing(&far, &local, "loop/ping-in", "loop/ping-in").await;
+        drain(&local, Duration::from_millis(500)).await;
+        drain(&far, Duration::from_millis(500)).await;
+        local
+            .publish_with("loop/a", "a", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        far.publish_with("loop/b", "b", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        for (side, c) in [("local", &local), ("remote", &far)] {
+            let mut t: Vec<String> = drain(c, Duration::from_millis(1000))
+                .await
+                .iter()
+                .map(|m| m.topic.to_string())
+                .collect();
+            t.sort();
+            assert_eq!(t, ["loop/a", "loop/b"], "{side} side, {protocol:?}");
+        }
+        broker.shutdown().await;
+        remote.shutdown().await;
+    }
+}
