@@ -1067,3 +1067,32 @@ async fn sagitta_to_sagitta_no_loop() {
         remote.shutdown().await;
     }
 }
+
+/// A remote whose maximum QoS is 1 gets QoS 2 messages at QoS 1 (not dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_is_lowered_to_the_remote_maximum() {
+    let remote = sagitta(|c| c.maximum_qos = 1).await;
+    let remote_addr = remote.local_addrs()[0].to_string();
+    let broker = sagitta(|c| {
+        c.bridges.push(
+            bridge("q", &remote_addr, BridgeProtocol::V5)
+                .topic(TopicRule::new("q/#", Direction::Out).qos(2)),
+        );
+    })
+    .await;
+    wait_status(&broker, "q", "connected", |s| s.connected).await;
+    let far = client(&remote_addr, ProtocolVersion::V5).await;
+    far.subscribe_recv("q/#", QoS::AtLeastOnce).await.unwrap();
+    let local = client(broker.local_addrs()[0].to_string(), ProtocolVersion::V5).await;
+    until_flowing(&local, &far, "q/ping", "q/ping").await;
+    local
+        .publish_with("q/two", "x", QoS::ExactlyOnce)
+        .await
+        .unwrap();
+    let m = next(&far, "the QoS 2 message").await;
+    assert_eq!(m.topic.as_str(), "q/two");
+    assert_eq!(m.qos, QoS::AtLeastOnce);
+    assert_eq!(status(&broker, "q").dropped, 0);
+    broker.shutdown().await;
+    remote.shutdown().await;
+}

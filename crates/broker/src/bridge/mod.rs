@@ -713,23 +713,32 @@ impl Bridge {
         self.send(out).await;
     }
 
-    /// Sends a QoS 1/2 message on the current remote connection.
-    async fn send(&mut self, out: Out) {
-        let Some(remote) = &self.remote else {
-            self.waiting.push_back(out);
+    /// Sends a QoS 1/2 message on the current remote connection (at the remote's maximum
+    /// QoS if that is lower).
+    async fn send(&mut self, mut out: Out) {
+        loop {
+            let Some(remote) = &self.remote else {
+                self.waiting.push_back(out);
+                return;
+            };
+            match remote
+                .start_publish(
+                    out.topic.clone(),
+                    out.message.payload.clone(),
+                    out.options(),
+                )
+                .await
+            {
+                Ok(done) => self.out_flight.push_back((out, done)),
+                Err(ClientError::QoSNotSupported { maximum, .. }) if maximum < out.message.qos => {
+                    debug!(topic = %out.topic, %maximum, "the remote's maximum QoS is lower");
+                    out.message.qos = maximum;
+                    continue;
+                }
+                Err(e) if refused(&e) => self.drop_out(out, &e).await,
+                Err(_) => self.waiting.push_back(out),
+            }
             return;
-        };
-        match remote
-            .start_publish(
-                out.topic.clone(),
-                out.message.payload.clone(),
-                out.options(),
-            )
-            .await
-        {
-            Ok(done) => self.out_flight.push_back((out, done)),
-            Err(e) if refused(&e) => self.drop_out(out, &e).await,
-            Err(_) => self.waiting.push_back(out),
         }
     }
 
