@@ -806,6 +806,9 @@ pub(crate) fn metrics_text(shared: &Shared) -> String {
             u64::from(store.failed()),
         );
     }
+    for (name, kind, help, values) in crate::bridge::metric_families(shared) {
+        out.labelled(name, kind, help, "bridge", values);
+    }
     out.0
 }
 

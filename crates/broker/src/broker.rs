@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub started: Instant,
+    /// The bridges' status, in configuration order.
+    pub bridges: Vec<Arc<crate::bridge::BridgeState>>,
     next_conn_id: AtomicU64,
     /// `max_connection_rate`: the bucket, and when a refusal was last logged.
     connect_rate: Option<std::sync::Mutex<(TokenBucket, Option<Instant>)>>,
@@ -150,9 +152,11 @@ impl Shared {
 
     /// Whether the ACL lets `session` receive messages on `topic`.
     pub fn may_receive(&self, session: &SessionEntry, topic: &str) -> bool {
-        self.acl.as_ref().is_none_or(|acl| {
-            session.with_username(|u| acl.authorize(Action::Receive, topic, &session.client_id, u))
-        })
+        crate::bridge::is_bridge_id(&session.client_id)
+            || self.acl.as_ref().is_none_or(|acl| {
+                session
+                    .with_username(|u| acl.authorize(Action::Receive, topic, &session.client_id, u))
+            })
     }
 
     /// Offers a message to a session's mailbox, writing it to the store first if the session
@@ -424,6 +428,13 @@ impl BrokerBuilder {
         }
         let mut broker = Broker::serve(shared, bound);
         broker.files = Arc::new(files);
+        match &broker.first {
+            Some((listener, _)) => crate::bridge::start(&broker.shared, listener),
+            None if !broker.shared.config.bridges.is_empty() => {
+                warn!("bridges need a listener; none is configured, so no bridge runs");
+            }
+            None => {}
+        }
         if let Some(h) = &http {
             h.ready(broker.listeners());
         }
@@ -618,7 +629,13 @@ impl Broker {
         let connect_rate = (rate > 0).then(|| {
             std::sync::Mutex::new((TokenBucket::new(f64::from(rate), Instant::now()), None))
         });
+        let bridges = config
+            .bridges
+            .iter()
+            .map(|b| Arc::new(crate::bridge::BridgeState::new(&b.name)))
+            .collect();
         Arc::new(Shared {
+            bridges,
             config,
             store,
             acl,
@@ -757,6 +774,11 @@ impl Broker {
             }
             None => false,
         }
+    }
+
+    /// The status of each `[[bridge]]`, in configuration order.
+    pub fn bridges(&self) -> Vec<crate::bridge::BridgeStatus> {
+        crate::bridge::statuses(&self.shared)
     }
 
     /// Broker-wide counters.

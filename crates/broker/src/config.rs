@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::bridge::config::{BridgeConfig, BridgeProtocol, Direction, TopicRule};
 use crate::store::SyncMode;
 use crate::tls::TlsFiles;
 
@@ -29,6 +30,14 @@ pub enum ConfigError {
     Invalid {
         /// The key.
         key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A `[[bridge]]` table is inconsistent.
+    #[error("`[[bridge]]` {name}: {message}")]
+    Bridge {
+        /// Its `name`.
+        name: String,
         /// What is wrong.
         message: String,
     },
@@ -380,6 +389,9 @@ pub struct Config {
     /// The operators' HTTP listener (`[http]` table): Prometheus metrics, health and
     /// readiness, and the admin API. Absent by default: no HTTP listener.
     pub http: Option<HttpConfig>,
+    /// Bridges to other MQTT brokers (`[[bridge]]` tables). None by default.
+    #[serde(rename = "bridge")]
+    pub bridges: Vec<BridgeConfig>,
 }
 
 /// The `[http]` table: where the operators' HTTP listener binds, and the bearer token its
@@ -459,6 +471,7 @@ impl Default for Config {
             sync: SyncMode::Periodic,
             sync_interval_ms: 100,
             http: None,
+            bridges: Vec::new(),
         }
     }
 }
@@ -572,6 +585,24 @@ impl Config {
         }
         for (i, l) in self.listeners.iter().enumerate() {
             self.validate_listener(i + 1, l, true)?;
+        }
+        self.validate_bridges()
+    }
+
+    fn validate_bridges(&self) -> Result<(), ConfigError> {
+        for (i, b) in self.bridges.iter().enumerate() {
+            let error = |message: String| ConfigError::Bridge {
+                name: if b.name.is_empty() {
+                    format!("#{}", i + 1)
+                } else {
+                    b.name.clone()
+                },
+                message,
+            };
+            b.validate().map_err(error)?;
+            if self.bridges[..i].iter().any(|other| other.name == b.name) {
+                return Err(error("another `[[bridge]]` has the same name".into()));
+            }
         }
         Ok(())
     }
@@ -1020,6 +1051,33 @@ mod tests {
              [[listener]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1\"\npassword_file = \"p\"\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn example_bridge_tables_parse() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text.find("# [[bridge]]\n").unwrap();
+        let end = start + text[start..].find("\n\n").unwrap();
+        let tables: String = text[start..end]
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::from_toml(&tables).unwrap();
+        c.validate().unwrap();
+        let b = &c.bridges[0];
+        assert_eq!(b.addresses.len(), 2);
+        assert_eq!(b.max_queued, Some(100_000));
+        assert!(b.tls && b.cert.is_some());
+        assert_eq!(b.topics.len(), 2);
+        assert_eq!(b.topics[1].direction, Direction::In);
+        assert_eq!(b.topics[0].local_filter(), "edge/sensors/#");
+        assert_eq!(b.topics[0].remote_filter(), "site1/sensors/#");
+        assert!(
+            !format!("{b:?}").contains("secret"),
+            "the password is not shown"
+        );
     }
 
     #[test]

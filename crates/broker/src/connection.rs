@@ -539,6 +539,14 @@ where
         connect.client_id.as_str().into()
     };
     tracing::Span::current().record("client_id", &*client_id);
+    // `$bridge/...` ids are the broker's own bridges: no network client may take one.
+    let internal = ctx.internal();
+    if internal.is_none() && crate::bridge::is_bridge_id(&client_id) {
+        info!(%peer, client_id = &*client_id, "connection refused: client ids under $bridge/ are reserved for the broker's bridges");
+        refuse(&mut io, ReasonCode::ClientIdentifierNotValid);
+        let _ = io.flush().await;
+        return None;
+    }
 
     let info = ConnectInfo {
         client_id: &client_id,
@@ -551,7 +559,7 @@ where
     };
     // Enhanced authentication (5.0): the named method decides alone [MQTT-4.12.0].
     let method = match connect.properties.authentication_method.as_ref() {
-        Some(name) if v5 => match ctx.auth_method(name) {
+        Some(name) if v5 && internal.is_none() => match ctx.auth_method(name) {
             Some(method) => Some((name.clone(), method.clone())),
             None => {
                 info!(%peer, client_id = &*client_id, method = %name, "connection refused: authentication method not offered here");
@@ -572,6 +580,8 @@ where
                 Err(AuthEnd::Gone) => return None,
             }
         }
+        // The broker's own bridge: trusted.
+        None if internal.is_some() => Ok(None),
         None => ctx.authenticate(&info).map(|()| None),
     };
     let authenticated = match verdict {
@@ -690,7 +700,7 @@ where
         &client_id,
         conn_id,
         kick.clone(),
-        shared.config.max_queued_messages,
+        internal.unwrap_or(shared.config.max_queued_messages),
     );
     let mut state = tokio::select! {
         s = entry.state.clone().lock_owned() => s,
@@ -748,7 +758,10 @@ where
         .properties
         .request_problem_information
         .unwrap_or(true);
-    let Connect { will, .. } = *connect;
+    let Connect { will, bridge, .. } = *connect;
+    if bridge {
+        info!(%peer, client_id = &*client_id, "the client is a bridge (protocol level with the bridge flag): its subscriptions get No Local and Retain As Published");
+    }
     let reauth = method.map(|(name, method)| {
         Box::new(Reauth {
             name,
@@ -793,6 +806,7 @@ where
         out_ticket: 0,
         reauth,
         unsent: None,
+        remote_bridge: bridge,
     };
     conn.resend_inflight();
     Some(conn)
@@ -854,6 +868,8 @@ struct Conn<S> {
     /// Boxed: one pointer on every connection instead of a `VecDeque` header, for a rare case.
     #[allow(clippy::box_collection)]
     unsent: Option<Box<std::collections::VecDeque<sagitta_proto::PacketId>>>,
+    /// The client is another broker's 3.x bridge (protocol level 0x83/0x84).
+    remote_bridge: bool,
 }
 
 /// Acknowledgements of QoS 1/2 publishes held until the store has made them durable, in the
@@ -1335,6 +1351,12 @@ impl<S: Transport> Conn<S> {
         let now = Instant::now();
         for (filter, mut options) in s.filters {
             options.qos = options.qos.min(max_qos);
+            if self.remote_bridge {
+                // Another broker's 3.x bridge (Mosquitto's `try_private`): its own messages
+                // do not come back, retained flags stay as published.
+                options.no_local = true;
+                options.retain_as_published = true;
+            }
             if too_many_levels(filter.match_filter(), self.shared.config.max_topic_levels) {
                 info!(
                     client_id = &*self.client_id,
@@ -1812,9 +1834,11 @@ impl<S: Transport> Conn<S> {
 
     /// Whether the ACL (if any) lets this client do `action` on `topic`.
     fn allowed(&self, action: Action, topic: &str) -> bool {
-        self.shared.acl.as_ref().is_none_or(|acl| {
-            acl.authorize(action, topic, &self.client_id, self.username.as_deref())
-        })
+        // The broker's own bridges are not subject to the ACL.
+        crate::bridge::is_bridge_id(&self.client_id)
+            || self.shared.acl.as_ref().is_none_or(|acl| {
+                acl.authorize(action, topic, &self.client_id, self.username.as_deref())
+            })
     }
 
     /// The store, if this session is kept in it.

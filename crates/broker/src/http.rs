@@ -291,6 +291,7 @@ enum Route {
     Live,
     /// A file of the dashboard.
     Dashboard,
+    Bridges,
 }
 
 impl Route {
@@ -317,6 +318,7 @@ impl Route {
             (Some("overview"), None) => Route::Overview,
             (Some("config"), None) => Route::Config,
             (Some("live"), None) => Route::Live,
+            (Some("bridges"), None) => Route::Bridges,
             _ => return Err(not_found()),
         };
         Ok(route)
@@ -561,6 +563,7 @@ async fn api(
             v["bound"] = state.listeners.get().cloned().unwrap_or(Value::Null);
             json_response(200, &v)
         }
+        Route::Bridges => json_response(200, &crate::bridge::status_json(shared)),
         Route::Health | Route::Ready | Route::Dashboard | Route::Live => {
             error(ApiError::not_found("no such endpoint"))
         }

@@ -47,6 +47,7 @@ mod admin;
 pub mod auth;
 #[doc(hidden)]
 pub mod bench_support;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 mod connection;
@@ -70,8 +71,12 @@ mod ws;
 
 pub use acl::{Acl, AclError, Action, Authorizer};
 pub use auth::{AllowAll, AuthExchange, AuthMethod, AuthStep, Authenticator, ConnectInfo};
+pub use bridge::BridgeStatus;
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
-pub use config::{Config, ConfigError, HttpConfig, ListenerConfig, ListenerKind};
+pub use config::{
+    BridgeConfig, BridgeProtocol, Config, ConfigError, Direction, HttpConfig, ListenerConfig,
+    ListenerKind, TopicRule,
+};
 pub use listener::ListenerInfo;
 pub use message::Message;
 pub use metrics::Metrics;

@@ -136,9 +136,18 @@ impl Listener {
 pub(crate) struct ConnContext {
     listener: Arc<Listener>,
     certificate: Option<ClientCertificate>,
+    /// An in-process connection of the broker itself (a bridge's local side): the queue
+    /// limit of its session. Only these may use client ids under `$bridge/`.
+    internal: Option<usize>,
 }
 
 impl ConnContext {
+    /// The session queue limit of an in-process connection of the broker (a bridge), else
+    /// `None`.
+    pub fn internal(&self) -> Option<usize> {
+        self.internal
+    }
+
     /// The listener the client connected through.
     pub fn listener(&self) -> &ListenerInfo {
         &self.listener.info
@@ -327,6 +336,7 @@ pub(crate) async fn accept_loop(
                 let ctx = ConnContext {
                     listener: listener.clone(),
                     certificate: None,
+                    internal: None,
                 };
                 shared.tracker.spawn(crate::connection::serve(
                     shared.clone(),
@@ -399,6 +409,7 @@ where
     let ctx = ConnContext {
         listener: listener.clone(),
         certificate: None,
+        internal: None,
     };
     shared.tracker.spawn(crate::connection::serve(
         shared.clone(),
@@ -408,6 +419,39 @@ where
         slot,
     ));
     true
+}
+
+/// Serves an in-process connection of the broker itself (a bridge's local side, client id
+/// `$bridge/<name>`): no authentication, no ACL, not counted against `max_connections`, its
+/// session's queue bounded by `queue_limit`.
+pub(crate) fn serve_internal<S>(
+    shared: &Arc<Shared>,
+    stream: S,
+    listener: &Arc<Listener>,
+    queue_limit: usize,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let own = Arc::new(tokio::sync::Semaphore::new(1));
+    let Ok(permit) = own.try_acquire_owned() else {
+        return;
+    };
+    let ctx = ConnContext {
+        listener: listener.clone(),
+        certificate: None,
+        internal: Some(queue_limit),
+    };
+    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+    shared.tracker.spawn(crate::connection::serve(
+        shared.clone(),
+        crate::connection::AnyStream(stream),
+        peer,
+        ctx,
+        Slot {
+            _global: permit,
+            _listener: None,
+        },
+    ));
 }
 
 /// A connection's places under `max_connections`, given back when it closes.
@@ -437,6 +481,7 @@ async fn serve_tls(
     let ctx = ConnContext {
         listener,
         certificate,
+        internal: None,
     };
     crate::connection::serve(shared, stream, peer, ctx, slot).await;
 }
@@ -503,6 +548,7 @@ async fn serve_ws(
             let ctx = ConnContext {
                 listener,
                 certificate: None,
+                internal: None,
             };
             crate::connection::serve(shared, stream, peer, ctx, slot).await;
         }
@@ -510,6 +556,7 @@ async fn serve_ws(
             let ctx = ConnContext {
                 listener,
                 certificate,
+                internal: None,
             };
             crate::connection::serve(shared, stream, peer, ctx, slot).await;
         }

@@ -128,6 +128,9 @@ pub(crate) struct SessionEntry {
     /// Messages in flight to the client, as its connection last reported (admin API,
     /// metrics).
     inflight: AtomicU32,
+    /// Messages dropped for this session: queue full, or QoS 0 while offline (bridge
+    /// status).
+    dropped: AtomicU64,
     /// Incremented each time a connection claims the session; timers (expiry, delayed will)
     /// compare it to know whether the client came back.
     generation: AtomicU64,
@@ -151,6 +154,7 @@ impl SessionEntry {
             info: Mutex::new(ClientInfo::default()),
             routes: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
+            dropped: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             state: Arc::new(tokio::sync::Mutex::new(SessionState::default())),
             owner: Mutex::new(None),
@@ -211,6 +215,16 @@ impl SessionEntry {
         }
     }
 
+    /// Messages dropped for this session (queue full, or QoS 0 while offline).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Sets the most messages the mailbox holds (a bridge's `max_queued`).
+    pub fn set_queue_limit(&self, limit: usize) {
+        self.mailbox().limit = limit;
+    }
+
     /// Messages waiting in the mailbox.
     pub fn queued(&self) -> usize {
         self.mailbox().queue.len()
@@ -248,11 +262,13 @@ impl SessionEntry {
     ) -> Enqueued {
         let connected = self.is_connected();
         if !connected && delivery.qos == QoS::AtMostOnce && !queue_qos0_offline {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             return Enqueued::DroppedOffline;
         }
         let was_empty = {
             let mut mb = self.mailbox();
             if mb.queue.len() >= mb.limit {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
                 return Enqueued::DroppedQueueFull;
             }
             let was_empty = mb.queue.is_empty();
@@ -367,6 +383,8 @@ impl Sessions {
             .entry(client_id.clone())
             .or_insert_with(|| Arc::new(SessionEntry::new(client_id.clone(), queue_limit)))
             .clone();
+        // A session read from the store got the global limit; the one in force now wins.
+        entry.set_queue_limit(queue_limit);
         let previous = entry
             .owner
             .lock()

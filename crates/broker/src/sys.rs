@@ -159,6 +159,7 @@ impl Sys {
                 values.push((format!("load/{name}/{suffix}"), format!("{average:.2}")));
             }
         }
+        values.extend(crate::bridge::sys_values(shared));
         Snapshot { values }
     }
 }

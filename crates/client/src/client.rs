@@ -20,7 +20,7 @@ use crate::error::{ClientError, ConnectError, ReasonString};
 use crate::event_loop::{
     DisconnectRequest, EventLoop, PublishRequest, Request, SubscribeRequest, UnsubscribeRequest,
 };
-use crate::message::Message;
+use crate::message::{Ack, Delivered, Message};
 use crate::options::{
     ClientBuilder, IntoTopicFilter, IntoTopicName, Options, PublishOptions, Subscription,
 };
@@ -203,7 +203,7 @@ pub struct Client {
 struct Inner {
     tx: mpsc::Sender<Request>,
     shared: Arc<Shared>,
-    messages: Mutex<mpsc::Receiver<Message>>,
+    messages: Mutex<mpsc::Receiver<Delivered>>,
     shutdown: CancellationToken,
 }
 
@@ -430,12 +430,39 @@ impl Client {
     /// While the queue is full the event loop stops reading from the broker, so a program
     /// that makes such subscriptions must keep reading.
     pub async fn recv(&self) -> Option<Message> {
-        self.inner.messages.lock().await.recv().await
+        self.inner
+            .messages
+            .lock()
+            .await
+            .recv()
+            .await
+            .map(|(m, _)| m)
     }
 
     /// Like [`Client::recv`] without waiting: `None` if no message is queued right now.
     pub fn try_recv(&self) -> Option<Message> {
-        self.inner.messages.try_lock().ok()?.try_recv().ok()
+        self.inner
+            .messages
+            .try_lock()
+            .ok()?
+            .try_recv()
+            .ok()
+            .map(|(m, _)| m)
+    }
+
+    /// With manual acknowledgements (`ClientBuilder::manual_acks`): the next message and,
+    /// for QoS 1/2, the acknowledgement to give to [`Client::ack`] once it is taken care of.
+    /// For the broker's bridges; not part of the supported API.
+    #[doc(hidden)]
+    pub async fn recv_manual(&self) -> Option<(Message, Option<Ack>)> {
+        self.inner.messages.lock().await.recv().await
+    }
+
+    /// Sends the acknowledgement of a message received with [`Client::recv_manual`] (if its
+    /// connection is still the current one). Not part of the supported API.
+    #[doc(hidden)]
+    pub async fn ack(&self, ack: Ack) -> Result<(), ClientError> {
+        self.send(Request::Ack(ack)).await
     }
 
     /// Disconnects normally: sends DISCONNECT after everything queued before it and stops the

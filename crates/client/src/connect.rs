@@ -63,6 +63,15 @@ async fn attempt(opts: &Options, connect: &Connect) -> Result<Established, Conne
         .map_err(|e| ConnectError::InvalidOptions(e.to_string()))?;
 
     let io_err = |e| stream_error(&opts.addr, e);
+    if let Some(connector) = &opts.connector {
+        let mut stream = (connector.0)().await.map_err(io_err)?;
+        let (rbuf, connack) = exchange(&mut stream, &out, opts, version, auth).await?;
+        return Ok(Established {
+            stream: Stream::Boxed(stream),
+            rbuf,
+            connack,
+        });
+    }
     let tcp = TcpStream::connect(opts.addr.as_str())
         .await
         .map_err(io_err)?;

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Limits, Shared, State, check_size};
 use crate::connect::{Established, READ_CHUNK, establish};
 use crate::error::{ClientError, ProtocolError, ReasonString};
-use crate::message::Message;
+use crate::message::{Ack, Delivered, Message};
 use crate::options::{Callback, Options};
 use crate::transport::{Reader, Writer};
 
@@ -58,6 +58,8 @@ pub(crate) enum Request {
     Subscribe(SubscribeRequest),
     Unsubscribe(UnsubscribeRequest),
     Disconnect(DisconnectRequest),
+    /// A manual acknowledgement.
+    Ack(Ack),
 }
 
 pub(crate) struct PublishRequest {
@@ -91,6 +93,7 @@ impl Request {
             Request::Unsubscribe(r) => reply(Some(r.done), Err(error.clone())),
             // The client is closing anyway: that is what was asked.
             Request::Disconnect(r) => reply(Some(r.done), Ok(())),
+            Request::Ack(_) => {}
         }
     }
 }
@@ -180,7 +183,7 @@ struct SubEntry {
 
 /// A received message waiting for room in the `recv()` queue; reading stops meanwhile.
 struct Paused {
-    message: Message,
+    message: Delivered,
     /// The acknowledgement to send once delivered; dropped if the connection ends first (the
     /// broker then sends the message again, and QoS 2 de-duplication still holds).
     ack: Option<Packet>,
@@ -299,7 +302,7 @@ pub(crate) struct EventLoop {
     opts: Options,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Request>,
-    msg_tx: mpsc::Sender<Message>,
+    msg_tx: mpsc::Sender<Delivered>,
     shutdown: CancellationToken,
     client_id: MqttStr,
     window: OutboundWindow<InFlight>,
@@ -319,7 +322,7 @@ impl EventLoop {
         opts: Options,
         shared: Arc<Shared>,
         rx: mpsc::Receiver<Request>,
-        msg_tx: mpsc::Sender<Message>,
+        msg_tx: mpsc::Sender<Delivered>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -770,6 +773,13 @@ impl EventLoop {
                 },
             ),
             Request::Disconnect(d) => Ok(Flow::Disconnect(d)),
+            Request::Ack(ack) => {
+                // One of an earlier connection: the broker sends that message again.
+                if ack.connection == self.opened {
+                    conn.queue(&ack.packet)?;
+                }
+                Ok(Flow::Continue)
+            }
         }
     }
 
@@ -929,15 +939,28 @@ impl EventLoop {
             }
         };
         let message = Message::from_publish(publish);
+        let mut ack = ack;
         if self.dispatch(&message) {
-            match self.msg_tx.try_send(message) {
+            // Manual acknowledgements go with the message; the caller sends them.
+            let manual = if self.opts.manual_acks {
+                ack.take().map(|packet| Ack {
+                    connection: self.opened,
+                    packet,
+                })
+            } else {
+                None
+            };
+            match self.msg_tx.try_send((message, manual)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(message)) => {
                     self.paused = Some(Paused { message, ack });
                     return Ok(());
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(mpsc::error::TrySendError::Closed((_, manual))) => {
                     tracing::debug!("message queue closed; message dropped");
+                    if let Some(manual) = manual {
+                        ack = Some(manual.packet);
+                    }
                 }
             }
         }

@@ -74,10 +74,10 @@ mod transport;
 
 pub use client::{Client, PendingPublish, State, Status};
 pub use error::{ClientError, ConnectError, ProtocolError, ReasonString};
-pub use message::Message;
+pub use message::{Ack, Message};
 pub use options::{
-    ClientBuilder, DEFAULT_PORT, DEFAULT_TLS_PORT, IntoTopicFilter, IntoTopicName, LastWill,
-    PublishOptions, Subscription,
+    BoxedStream, ClientBuilder, Connector, DEFAULT_PORT, DEFAULT_TLS_PORT, IntoTopicFilter,
+    IntoTopicName, IoStream, LastWill, PublishOptions, Subscription,
 };
 pub use reconnect::ReconnectPolicy;
 pub use tls::{TlsError, TlsOptions};

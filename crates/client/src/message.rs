@@ -44,3 +44,18 @@ impl Message {
         }
     }
 }
+
+/// The acknowledgement of a QoS 1/2 message received with manual acknowledgements
+/// (`ClientBuilder::manual_acks`): give it to `Client::ack` once the message is taken care
+/// of. An acknowledgement from an earlier connection is not sent (the broker sends the
+/// message again on the resumed session).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Ack {
+    pub(crate) connection: u32,
+    pub(crate) packet: sagitta_proto::Packet,
+}
+
+/// A message in the `recv()` queue, with its acknowledgement when acknowledgements are
+/// manual.
+pub(crate) type Delivered = (Message, Option<Ack>);

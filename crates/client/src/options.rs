@@ -364,7 +364,39 @@ pub struct ClientBuilder {
     user_properties: Vec<(String, String)>,
     tls: Option<TlsOptions>,
     scram: bool,
+    manual_acks: bool,
+    bridge: bool,
+    connector: Option<Connector>,
 }
+
+/// Opens the byte stream of a connection instead of TCP (`ClientBuilder::connector`).
+#[doc(hidden)]
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct Connector(
+    pub  std::sync::Arc<
+        dyn Fn() -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = std::io::Result<BoxedStream>> + Send>,
+            > + Send
+            + Sync,
+    >,
+);
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Connector")
+    }
+}
+
+/// A byte stream from a [`Connector`].
+#[doc(hidden)]
+pub type BoxedStream = Box<dyn IoStream>;
+
+/// What a [`Connector`]'s stream must be.
+#[doc(hidden)]
+pub trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> IoStream for T {}
 
 impl ClientBuilder {
     /// A builder for the broker at `addr` (`host:port`; the port defaults to 1883, or 8883
@@ -393,7 +425,36 @@ impl ClientBuilder {
             user_properties: Vec::new(),
             tls: None,
             scram: false,
+            manual_acks: false,
+            bridge: false,
+            connector: None,
         }
+    }
+
+    /// Manual acknowledgements: QoS 1/2 messages read with `Client::recv_manual` are
+    /// acknowledged only when the caller passes their `Ack` to `Client::ack` (messages for
+    /// callbacks are still acknowledged at once). For the broker's bridges; not part of the
+    /// supported API.
+    #[doc(hidden)]
+    pub fn manual_acks(mut self, on: bool) -> Self {
+        self.manual_acks = on;
+        self
+    }
+
+    /// MQTT 3.x: set the bridge flag in CONNECT (protocol level 0x83 / 0x84, Mosquitto's
+    /// `try_private`). Ignored for 5.0. Not part of the supported API.
+    #[doc(hidden)]
+    pub fn bridge(mut self, on: bool) -> Self {
+        self.bridge = on;
+        self
+    }
+
+    /// Opens each connection's byte stream with `connector` instead of TCP (and TLS). The
+    /// address is then only a name in logs. Not part of the supported API.
+    #[doc(hidden)]
+    pub fn connector(mut self, connector: Connector) -> Self {
+        self.connector = Some(connector);
+        self
     }
 
     /// The MQTT version: [`ProtocolVersion::V5`] (default), `V3_1_1` or `V3_1`.
@@ -567,6 +628,7 @@ impl ClientBuilder {
         };
         let mut connect = Connect::new(self.protocol, client_id);
         connect.clean_start = self.clean_start;
+        connect.bridge = self.bridge && !v5;
         let keep_alive = self.keep_alive.as_secs() + u64::from(self.keep_alive.subsec_nanos() > 0);
         connect.keep_alive = u16::try_from(keep_alive).unwrap_or(u16::MAX);
         connect.username = match self.username {
@@ -655,6 +717,8 @@ impl ClientBuilder {
             topic_aliases: self.topic_aliases && v5,
             request_capacity: self.request_capacity,
             message_capacity: self.message_capacity,
+            manual_acks: self.manual_acks,
+            connector: self.connector,
         })
     }
 }
@@ -699,6 +763,10 @@ pub(crate) struct Options {
     pub topic_aliases: bool,
     pub request_capacity: usize,
     pub message_capacity: usize,
+    /// QoS 1/2 messages for `recv()` are acknowledged by the caller.
+    pub manual_acks: bool,
+    /// Opens the stream instead of TCP.
+    pub connector: Option<Connector>,
 }
 
 impl Options {

@@ -16,12 +16,16 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::client::TlsStream;
 
+use crate::options::BoxedStream;
+
 /// A connected stream, before it is split.
 pub(crate) enum Stream {
     /// Plain TCP.
     Tcp(TcpStream),
     /// TLS over TCP, the handshake done (boxed: the rustls state is large).
     Tls(Box<TlsStream<TcpStream>>),
+    /// A stream from a `Connector` (in-process, e.g. the broker's bridges).
+    Boxed(BoxedStream),
 }
 
 impl Stream {
@@ -42,6 +46,16 @@ impl Stream {
                     },
                 )
             }
+            Stream::Boxed(stream) => {
+                let (rd, wr) = tokio::io::split(stream);
+                (
+                    Reader::Boxed(rd),
+                    Writer::Boxed {
+                        half: wr,
+                        unflushed: false,
+                    },
+                )
+            }
         }
     }
 }
@@ -50,6 +64,7 @@ impl Stream {
 pub(crate) enum Reader {
     Tcp(OwnedReadHalf),
     Tls(ReadHalf<TlsStream<TcpStream>>),
+    Boxed(ReadHalf<BoxedStream>),
 }
 
 impl AsyncRead for Reader {
@@ -70,6 +85,7 @@ impl AsyncRead for Reader {
                 }
                 other => other,
             },
+            Reader::Boxed(rd) => Pin::new(rd).poll_read(cx, buf),
         }
     }
 }
@@ -83,6 +99,10 @@ pub(crate) enum Writer {
         /// may still wait inside it for room in the socket.
         unflushed: bool,
     },
+    Boxed {
+        half: WriteHalf<BoxedStream>,
+        unflushed: bool,
+    },
 }
 
 impl Writer {
@@ -93,6 +113,9 @@ impl Writer {
             || matches!(
                 self,
                 Writer::Tls {
+                    unflushed: true,
+                    ..
+                } | Writer::Boxed {
                     unflushed: true,
                     ..
                 }
@@ -113,6 +136,7 @@ impl Writer {
                 Err(e) => Err(e),
             },
             Writer::Tls { half, unflushed } => try_write_tls(half, unflushed, buf),
+            Writer::Boxed { half, unflushed } => try_write_tls(half, unflushed, buf),
         }
     }
 
@@ -124,18 +148,8 @@ impl Writer {
             Writer::Tcp(wr) => {
                 wr.write_buf(buf).await?;
             }
-            Writer::Tls { half, unflushed } => {
-                if !buf.is_empty() {
-                    if half.write_buf(buf).await? == 0 {
-                        return Err(io::ErrorKind::WriteZero.into());
-                    }
-                    *unflushed = true;
-                }
-                if buf.is_empty() && *unflushed {
-                    half.flush().await?;
-                    *unflushed = false;
-                }
-            }
+            Writer::Tls { half, unflushed } => write_flushed(half, unflushed, buf).await?,
+            Writer::Boxed { half, unflushed } => write_flushed(half, unflushed, buf).await?,
         }
         Ok(())
     }
@@ -147,21 +161,48 @@ impl Writer {
                 wr.write_all(buf).await?;
                 wr.shutdown().await
             }
-            Writer::Tls { half, unflushed } => {
-                half.write_all(buf).await?;
-                half.flush().await?;
-                *unflushed = false;
-                half.shutdown().await
-            }
+            Writer::Tls { half, unflushed } => finish_flushed(half, unflushed, buf).await,
+            Writer::Boxed { half, unflushed } => finish_flushed(half, unflushed, buf).await,
         }
     }
+}
+
+/// `Writer::write` for a stream that may hold bytes until flushed (TLS, boxed).
+async fn write_flushed<W: AsyncWrite + Unpin>(
+    half: &mut W,
+    unflushed: &mut bool,
+    buf: &mut BytesMut,
+) -> io::Result<()> {
+    if !buf.is_empty() {
+        if half.write_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        *unflushed = true;
+    }
+    if buf.is_empty() && *unflushed {
+        half.flush().await?;
+        *unflushed = false;
+    }
+    Ok(())
+}
+
+/// `Writer::finish` for a stream that may hold bytes until flushed (TLS, boxed).
+async fn finish_flushed<W: AsyncWrite + Unpin>(
+    half: &mut W,
+    unflushed: &mut bool,
+    buf: &[u8],
+) -> io::Result<()> {
+    half.write_all(buf).await?;
+    half.flush().await?;
+    *unflushed = false;
+    half.shutdown().await
 }
 
 /// The TLS counterpart of `try_write`: polls the write and the flush once with a waker that
 /// does nothing. A `Pending` here leaves [`Writer::has_pending`] true, so the event loop then
 /// polls [`Writer::write`] with its real waker, which registers for the wake-up.
-fn try_write_tls(
-    half: &mut WriteHalf<TlsStream<TcpStream>>,
+fn try_write_tls<W: AsyncWrite + Unpin>(
+    half: &mut W,
     unflushed: &mut bool,
     buf: &mut BytesMut,
 ) -> io::Result<bool> {

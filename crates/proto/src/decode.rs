@@ -250,7 +250,9 @@ fn reason(r: &mut Reader, kind: PacketKind) -> Result<ReasonCode, DecodeError> {
 fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     let name = r.binary()?;
     let level = r.u8()?;
-    let protocol = match (&name[..], level) {
+    // 0x83 / 0x84: a 3.x broker's bridge (the top bit of the level, Mosquitto's `try_private`).
+    let bridge = matches!(level, 0x83 | 0x84);
+    let protocol = match (&name[..], level & if bridge { 0x7F } else { 0xFF }) {
         (b"MQTT", 4) => ProtocolVersion::V3_1_1,
         (b"MQTT", 5) => ProtocolVersion::V5,
         (b"MQIsdp", 3) => ProtocolVersion::V3_1,
@@ -324,6 +326,7 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         username,
         password,
         properties,
+        bridge,
     })
 }
 

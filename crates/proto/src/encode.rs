@@ -230,7 +230,8 @@ fn binary_len(b: &[u8]) -> Result<usize, EncodeError> {
 fn write_connect(c: &Connect, plan: Plan, buf: &mut BytesMut) -> Result<(), EncodeError> {
     let v5 = c.protocol.is_v5();
     put_str(buf, c.protocol.protocol_name());
-    buf.put_u8(c.protocol.level());
+    let bridge = if c.bridge && !v5 { 0x80 } else { 0 };
+    buf.put_u8(c.protocol.level() | bridge);
     let mut flags = u8::from(c.clean_start) << 1;
     if let Some(w) = &c.will {
         flags |= 0x04 | ((w.qos as u8) << 3) | (u8::from(w.retain) << 5);

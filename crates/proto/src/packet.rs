@@ -91,6 +91,12 @@ pub struct Connect {
     pub password: Option<Bytes>,
     /// CONNECT properties (5.0).
     pub properties: ConnectProperties,
+    /// The bridge flag of MQTT 3.x brokers (Mosquitto's `try_private`): the protocol level
+    /// byte has its top bit set (0x83 for 3.1, 0x84 for 3.1.1). The peer is a broker's
+    /// bridge: it gets no echo of its own publications and retained flags as published.
+    /// Never set for 5.0, where subscriptions say the same with No Local and Retain As
+    /// Published.
+    pub bridge: bool,
 }
 
 impl Connect {
@@ -106,6 +112,7 @@ impl Connect {
             username: None,
             password: None,
             properties: ConnectProperties::default(),
+            bridge: false,
         }
     }
 }

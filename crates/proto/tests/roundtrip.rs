@@ -478,6 +478,7 @@ fn connect(v: ProtocolVersion) -> BoxedStrategy<Packet> {
                     username,
                     password,
                     properties,
+                    bridge: false,
                 }))
             },
         )

@@ -249,6 +249,7 @@ fn connect_v3_1_1_with_will_username_and_password() {
             username: Some(s("user")),
             password: Some(Bytes::from_static(&[0x01, 0x02])),
             properties: ConnectProperties::default(),
+            bridge: false,
         }),
     );
 }
@@ -316,6 +317,7 @@ fn connect_v5_with_properties_will_properties_username_and_password() {
                 authentication_data: None,
                 user_properties: vec![up("k", "v")],
             },
+            bridge: false,
         }),
     );
 }
@@ -2345,4 +2347,26 @@ fn encode_v3_password_without_username_is_rejected() {
         V3_1_1,
         EncodeError::PasswordWithoutUsername,
     );
+}
+
+/// The bridge flag of 3.x (Mosquitto's `try_private`): the top bit of the protocol level,
+/// 0x83 for 3.1 and 0x84 for 3.1.1, both ways; a 5.0 CONNECT never carries it.
+#[test]
+fn connect_bridge_flag_is_the_top_bit_of_the_level() {
+    for v in [ProtocolVersion::V3_1, V3_1_1] {
+        let packet = connect(Connect {
+            bridge: true,
+            ..Connect::new(v, s("bridge"))
+        });
+        let bytes = encode_to_vec(&packet, v);
+        let level = 2 + 2 + v.protocol_name().len();
+        assert_eq!(bytes[level], v.level() | 0x80);
+        assert_eq!(decode_exact(&bytes, v), Ok(packet));
+    }
+    let packet = connect(Connect {
+        bridge: true,
+        ..Connect::new(V5, s("bridge"))
+    });
+    let bytes = encode_to_vec(&packet, V5);
+    assert_eq!(bytes[2 + 2 + 4], 5);
 }
