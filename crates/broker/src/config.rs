@@ -828,18 +828,23 @@ mod tests {
         assert!(e.contains("allow_anonymous"), "{e}");
     }
 
-    #[test]
-    fn example_listener_tables_parse() {
+    /// The commented-out tables of `sagitta.example.toml` from `start` to `end`, uncommented.
+    fn example_tables(start: &str, end: &str) -> String {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
         let text = std::fs::read_to_string(path).unwrap();
-        let start = text.find("# [[listener]]\n").unwrap();
-        let end = start + text[start..].find("#\n# Certificates").unwrap();
-        let tables: String = text[start..end]
+        let from = text.find(start).unwrap();
+        let to = from + text[from..].find(end).unwrap();
+        text[from..to]
             .lines()
             .map(|l| l.trim_start_matches('#').trim_start())
             .map(|l| format!("{l}\n"))
-            .collect();
-        let c = Config::from_toml(&tables).unwrap();
+            .collect()
+    }
+
+    #[test]
+    fn example_listener_tables_parse() {
+        let c =
+            Config::from_toml(&example_tables("# [[listener]]\n", "#\n# Certificates")).unwrap();
         assert_eq!(c.listeners.len(), 5);
         assert_eq!(c.listeners[3].ws_path(), Some("/mqtt"));
         assert_eq!(c.listeners[4].kind, ListenerKind::Wss);
@@ -1055,16 +1060,7 @@ mod tests {
 
     #[test]
     fn example_bridge_tables_parse() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
-        let text = std::fs::read_to_string(path).unwrap();
-        let start = text.find("# [[bridge]]\n").unwrap();
-        let end = start + text[start..].find("\n\n").unwrap();
-        let tables: String = text[start..end]
-            .lines()
-            .map(|l| l.trim_start_matches('#').trim_start())
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let c = Config::from_toml(&tables).unwrap();
+        let c = Config::from_toml(&example_tables("# [[bridge]]\n", "\n\n")).unwrap();
         c.validate().unwrap();
         let b = &c.bridges[0];
         assert_eq!(b.addresses.len(), 2);

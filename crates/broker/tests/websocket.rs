@@ -396,17 +396,21 @@ async fn packets_split_over_frames_and_batched_in_one_frame() {
 async fn http_exchange(addr: SocketAddr, request: &str) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
+    String::from_utf8(read_until_closed(&mut tcp, "the broker answers and closes").await).unwrap()
+}
+
+/// Everything the broker sends until it closes the connection (or resets it after that).
+async fn read_until_closed(tcp: &mut TcpStream, what: &str) -> Vec<u8> {
     let mut answer = Vec::new();
     tokio::time::timeout(WAIT, async {
         let mut buf = [0u8; 4096];
-        // Until the end of the stream (or a reset after it).
         while let Ok(n @ 1..) = tcp.read(&mut buf).await {
             answer.extend_from_slice(&buf[..n]);
         }
     })
     .await
-    .expect("the broker answers and closes");
-    String::from_utf8(answer).unwrap()
+    .unwrap_or_else(|_| panic!("{what}: the broker did not close the connection"));
+    answer
 }
 
 fn upgrade_request(path: &str, extra: &str) -> String {
@@ -924,15 +928,7 @@ async fn protocol_errors_get_a_close_frame_with_their_status() {
         }
         assert!(head.starts_with(b"HTTP/1.1 101"), "{what}");
         let _ = tcp.write_all(&frame).await;
-        let mut answer = Vec::new();
-        tokio::time::timeout(WAIT, async {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = tcp.read(&mut buf).await {
-                answer.extend_from_slice(&buf[..n]);
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{what}: the broker closes the connection"));
+        let answer = read_until_closed(&mut tcp, what).await;
         assert!(
             answer.len() >= 4 && answer[0] == 0x88,
             "{what}: a close frame first, got {answer:02x?}"
