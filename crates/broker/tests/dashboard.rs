@@ -13,20 +13,23 @@
 // Test code: failed expectations abort the test with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common_dashboard;
 mod common_interop;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common_dashboard::{
+    TOKEN, client, connected, get_with_token, node_runs, required, screenshot_dir, script_dir,
+};
 use common_interop::{args, run_ok};
 use sagitta_broker::{Broker, Config, HttpConfig};
-use sagitta_client::{Client, ProtocolVersion, QoS, ReconnectPolicy};
+use sagitta_client::QoS;
 use sagitta_proto::TopicName;
 
-const TOKEN: &str = "e2e-dashboard-token";
 /// Outer limit for the browser script (its own watchdog fires at 50 s).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(70);
 /// Messages per second of the flood the topic explorer watches (a ceiling: a debug build on
@@ -35,15 +38,11 @@ const FLOOD_RATE: u64 = 100_000;
 
 /// Where the browser and the script are, or why the test cannot run.
 fn prerequisites() -> Result<PathBuf, String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard");
+    let dir = script_dir();
     let chromium = std::env::var_os("SAGITTA_CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    if std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !node_runs() {
         return Err("`node` cannot be run (Debian: `apt-get install nodejs npm`)".into());
     }
     if !chromium.exists() {
@@ -64,33 +63,10 @@ fn prerequisites() -> Result<PathBuf, String> {
     Ok(dir.join("e2e.js"))
 }
 
-async fn client(mqtt: SocketAddr, id: &str) -> Client {
-    Client::builder(mqtt.to_string())
-        .client_id(id)
-        .protocol(ProtocolVersion::V5)
-        .reconnect(ReconnectPolicy::disabled())
-        .connect()
-        .await
-        .expect("client connects")
-}
-
-fn connected(broker: &Broker) -> u64 {
-    broker.metrics().clients_connected.load(Ordering::Relaxed)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_in_a_real_browser() {
-    let script = match prerequisites() {
-        Ok(p) => p,
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("the dashboard test cannot run under CI: {why} (scripts/test-all installs it)")
-        }
-        Err(why) => {
-            eprintln!(
-                "SKIPPED the_dashboard_in_a_real_browser: {why} (scripts/test-all installs it)"
-            );
-            return;
-        }
+    let Some(script) = required("the_dashboard_in_a_real_browser", prerequisites()) else {
+        return;
     };
     let started = Instant::now();
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -180,7 +156,7 @@ async fn the_dashboard_in_a_real_browser() {
     });
     assert_eq!(connected(&broker), 7);
 
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/dashboard");
+    let shots = screenshot_dir();
     // The child inherits SAGITTA_CHROMIUM, if set.
     let out = run_ok(
         "node",
@@ -218,7 +194,7 @@ async fn the_dashboard_in_a_real_browser() {
         "flood: {flooded} messages in {flood_time:?} ({:.0} msg/s)",
         flooded as f64 / flood_time.as_secs_f64()
     );
-    let left = reqwest_like_get(
+    let left = get_with_token(
         broker.http_addr().unwrap(),
         "/api/v1/retained?topic=dash/%23",
     )
@@ -228,22 +204,4 @@ async fn the_dashboard_in_a_real_browser() {
     drop(others);
     broker.shutdown().await;
     eprintln!("dashboard end-to-end test: {:?}", started.elapsed());
-}
-
-/// `GET path` with the token, the body as text.
-async fn reqwest_like_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
 }
