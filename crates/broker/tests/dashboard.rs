@@ -26,7 +26,7 @@ use common_dashboard::{
     TOKEN, client, connected, get_with_token, node_runs, required, screenshot_dir, script_dir,
 };
 use common_interop::{args, run_ok};
-use sagitta_broker::{Broker, Config, HttpConfig};
+use sagitta_broker::{BridgeConfig, Broker, Config, Direction, HttpConfig, TopicRule};
 use sagitta_client::QoS;
 use sagitta_proto::TopicName;
 
@@ -74,6 +74,12 @@ async fn the_dashboard_in_a_real_browser() {
     http.token = Some(TOKEN.into());
     let mut config = Config::default().in_memory().listen([loopback]).http(http);
     config.sys_interval = 0;
+    // A bridge whose remote never answers: the Bridges page shows it disconnected, with the
+    // reason. Its local side is a connected session of the broker.
+    config.bridges.push(
+        BridgeConfig::new("cloud", "127.0.0.1:1")
+            .topic(TopicRule::new("sensors/#", Direction::Out)),
+    );
     let broker = Broker::start(config).await.expect("broker starts");
     let mqtt = broker.local_addrs()[0];
     let dashboard = format!("http://{}/", broker.http_addr().expect("an HTTP listener"));
@@ -154,7 +160,12 @@ async fn the_dashboard_in_a_real_browser() {
         }
         (flooder, sent, started.elapsed())
     });
-    assert_eq!(connected(&broker), 7);
+    // Seven clients and the bridge's local session.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connected(&broker) != 8 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(connected(&broker), 8);
 
     let shots = screenshot_dir();
     // The child inherits SAGITTA_CHROMIUM, if set.
@@ -184,7 +195,7 @@ async fn the_dashboard_in_a_real_browser() {
         format!("{reason:?}").contains("AdministrativeAction"),
         "{reason:?}"
     );
-    assert_eq!(connected(&broker), 6, "only the kicked client left");
+    assert_eq!(connected(&broker), 7, "only the kicked client left");
     traffic.store(false, Ordering::Relaxed);
     let publisher = load.await.unwrap();
     drop(publisher);

@@ -399,6 +399,38 @@ function subscriptions(main) {
   main.append(h("h1", {}, "Subscriptions"), table);
 }
 
+function bridges(main) {
+  const body = h("tbody", { id: "bridge-rows" });
+  const empty = h("p", { class: "muted", hidden: true },
+    "No bridges: add [[bridge]] tables to the configuration to forward topics to and from other brokers.");
+  main.append(h("h1", {}, "Bridges"),
+    h("section", { class: "panel" }, h("div", { class: "table-wrap" }, h("table", {},
+      h("thead", {}, h("tr", {},
+        h("th", {}, "Name"), h("th", {}, "State"), h("th", {}, "Remote"),
+        h("th", { class: "num" }, "Queued"), h("th", { class: "num" }, "In flight"),
+        h("th", { class: "num" }, "Sent"), h("th", { class: "num" }, "Received"),
+        h("th", { class: "num" }, "Dropped"), h("th", { class: "num hide-narrow" }, "Reconnects"),
+        h("th", { class: "hide-narrow" }, "Last error"))),
+      body)), empty));
+  async function load() {
+    try {
+      const r = await api("/api/v1/bridges");
+      empty.hidden = r.bridges.length > 0;
+      body.replaceChildren(...r.bridges.map((b) => h("tr", {},
+        h("td", { class: "mono" }, b.name),
+        h("td", {}, b.connected ? h("span", { class: "badge ok" }, "connected") : h("span", { class: "badge off" }, "disconnected")),
+        h("td", { class: "mono" }, b.remote || "–"),
+        h("td", { class: "num" }, b.queued), h("td", { class: "num" }, b.inflight),
+        h("td", { class: "num" }, b.sent), h("td", { class: "num" }, b.received),
+        h("td", { class: "num" }, b.dropped), h("td", { class: "num hide-narrow" }, b.reconnects),
+        h("td", { class: b.last_error ? "hide-narrow error" : "hide-narrow" }, b.last_error || "–"))));
+    } catch (e) { if (e.status !== 401) toast(e.message, true); }
+  }
+  load();
+  const timer = setInterval(load, 2000);
+  onLeave(() => clearInterval(timer));
+}
+
 // --- payload views -------------------------------------------------------------------------
 function payloadBytes(payload, encoding) {
   if (encoding === "base64") return Uint8Array.from(atob(payload), (c) => c.charCodeAt(0));
@@ -669,7 +701,7 @@ async function config(main) {
   } catch (e) { if (e.status !== 401) main.append(h("p", { class: "error" }, e.message)); }
 }
 
-const PAGES = { overview, clients, subscriptions, retained, explorer, publish, config };
+const PAGES = { overview, clients, subscriptions, retained, explorer, publish, bridges, config };
 
 // --- start -------------------------------------------------------------------------------
 async function init() {

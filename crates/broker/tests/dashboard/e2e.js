@@ -158,13 +158,20 @@ async function main() {
     if (text.includes(token)) fail("the configuration page shows the token");
     await shot("config");
 
-    // 8. Back to the overview: the charts have a few seconds of live samples now.
+    // 8. Bridges: the one configured, its remote unreachable, with the reason.
+    await page.click("#nav a[data-page=bridges]");
+    const bridgeRow = page.locator("#bridge-rows tr", { hasText: "cloud" });
+    await bridgeRow.locator("td", { hasText: "disconnected" }).waitFor();
+    await bridgeRow.locator("td", { hasText: "127.0.0.1:1" }).first().waitFor();
+    await shot("bridges");
+
+    // 9. Back to the overview: the charts have a few seconds of live samples now.
     await page.click("#nav a[data-page=overview]");
     await page.locator("#ov-version").filter({ hasText: /\d+\.\d+/ }).waitFor();
     await page.waitForTimeout(3000);
     await shot("overview");
 
-    // 9. A narrow screen: the navigation folds under the menu button.
+    // 10. A narrow screen: the navigation folds under the menu button.
     await page.setViewportSize({ width: 390, height: 760 });
     await page.waitForTimeout(300);
     if (await page.locator("#nav").isVisible()) fail("the navigation does not fold on a narrow screen");
