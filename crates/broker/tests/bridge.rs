@@ -2,8 +2,9 @@
 //! `mosquitto`) started by each test on a free port of 127.0.0.1: topics both ways with
 //! prefix remapping, MQTT 5.0 and 3.1.1 remotes, no loop when both sides forward the same
 //! topic, nothing lost while the remote is stopped and started again (and across a restart
-//! of our broker with its store), status in the admin API, `$SYS` and metrics; and
-//! Mosquitto's own bridge (`connection`) into Sagitta.
+//! of our broker with its store), status in the admin API, `$SYS` and metrics;
+//! Mosquitto's own bridge (`connection`) into Sagitta; and QoS 2 exactly once across
+//! connections cut by a proxy (the bridge resumes its remote session).
 //!
 //! Mosquitto missing fails the tests (with installation advice), as in the other interop
 //! tests; `scripts/test-all` installs it.
@@ -1296,7 +1297,10 @@ async fn resumes_the_remote_session(protocol: BridgeProtocol, qos: QoS) {
         // In order: each message is the next new one or a repeat.
         let mut seen = 0;
         for &i in &got {
-            assert!(i <= seen, "message {seen} expected, got {i}: lost or out of order");
+            assert!(
+                i <= seen,
+                "message {seen} expected, got {i}: lost or out of order"
+            );
             if i == seen {
                 seen += 1;
             }

@@ -42,11 +42,11 @@ use sagitta_client::{
     Ack, BoxedStream, Client, ClientBuilder, ClientError, ConnectError, Connector, PendingPublish,
     PublishOptions, ReconnectPolicy, State, Status, Subscription, TlsOptions,
 };
-use tokio::sync::watch;
 use sagitta_proto::{
     ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions, TopicFilter, TopicName,
 };
 use serde::Serialize;
+use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::broker::Shared;
@@ -470,6 +470,7 @@ async fn run(
         remote: None,
         remote_status: None,
         remote_up: false,
+        remote_addr: String::new(),
         seen_connections: 0,
         remote_connection: 0,
         connecting: None,
@@ -623,6 +624,8 @@ struct Bridge {
     remote_status: Option<watch::Receiver<Status>>,
     /// Its connection is up (as far as the last status change said).
     remote_up: bool,
+    /// Its address.
+    remote_addr: String,
     /// Its connections seen so far (the status counts them): reconnects are the difference.
     seen_connections: u32,
     /// Counts remote clients: acknowledgements for an earlier one are not sent (the client
@@ -880,13 +883,17 @@ impl Bridge {
                 self.send_waiting().await;
             }
             State::Reconnecting => {
+                // Why the connection was lost (the client's failed attempts are not told).
+                let why = status
+                    .last_error
+                    .map_or_else(|| "connection lost".to_owned(), |e| e.to_string());
                 if self.remote_up {
-                    let why = status
-                        .last_error
-                        .map_or_else(|| "connection lost".to_owned(), |e| e.to_string());
                     warn!(error = %why, "bridge disconnected from the remote broker; reconnecting");
-                    self.state.set_error(&why);
+                } else {
+                    debug!(error = %why, "reconnecting to the remote broker");
                 }
+                let addr = self.remote_addr.as_str();
+                self.state.set_error(format!("{addr}: {why}"));
                 self.remote_up = false;
                 self.state.connected.store(false, Ordering::Relaxed);
             }
@@ -923,7 +930,7 @@ impl Bridge {
         let why = error.map_or_else(|| "connection closed".to_owned(), |e| e.to_string());
         warn!(error = %why, "bridge disconnected from the remote broker");
         self.state.connected.store(false, Ordering::Relaxed);
-        self.state.set_error(&why);
+        self.state.set_error(format!("{}: {why}", self.remote_addr));
         // Closes the client if it is not yet (a local message failed on it).
         let _ = remote.disconnect().await;
         drop(remote);
@@ -1076,6 +1083,7 @@ impl Bridge {
         self.remote_up = false;
         self.remote = Some(remote);
         self.state.set_remote(&addr);
+        self.remote_addr = addr;
         match now.state {
             State::Connected if now.connections <= 1 => {
                 self.remote_up = true;
