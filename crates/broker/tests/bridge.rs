@@ -15,7 +15,7 @@
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1101,17 +1101,50 @@ async fn qos_is_lowered_to_the_remote_maximum() {
 }
 
 /// A TCP proxy in front of `upstream` whose connections the test can cut (both sockets
-/// closed at once, the remote broker keeps running), and which can swallow the remote's
-/// acknowledgements of one packet type before a cut: the remote then has a message the
-/// bridge does not know it has, the case where re-publishing it as a new message would
-/// deliver it twice.
+/// closed at once, the remote broker keeps running), which can swallow packets of one type
+/// each way before a cut (e.g. the remote's PUBCOMPs: the remote then has delivered a
+/// message the bridge does not know it has, the case where re-publishing it as a new message
+/// would deliver it twice), and which can refuse new connections for a while.
 struct Proxy {
     addr: String,
     /// The packet type (4 PUBACK, 7 PUBCOMP) from the remote swallowed now, 0 for none.
     swallow: Arc<AtomicU8>,
+    /// The packet type (6 PUBREL) to the remote swallowed now, 0 for none.
+    swallow_up: Arc<AtomicU8>,
     swallowed: Arc<AtomicUsize>,
+    /// New connections are closed at once.
+    refuse: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     accept: tokio::task::JoinHandle<()>,
+}
+
+/// Copies whole MQTT packets from `rd` to `wr`, except those of the type `swallow` says.
+async fn relay(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    swallow: Arc<AtomicU8>,
+    swallowed: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = rd.read(&mut chunk).await?;
+        if n == 0 {
+            return wr.shutdown().await;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
+        while let Some(len) = packet_len(&buf) {
+            let packet: Vec<u8> = buf.drain(..len).collect();
+            let kind = swallow.load(Ordering::SeqCst);
+            if kind != 0 && packet[0] >> 4 == kind {
+                swallowed.fetch_add(1, Ordering::SeqCst);
+            } else {
+                out.extend_from_slice(&packet);
+            }
+        }
+        wr.write_all(&out).await?;
+    }
 }
 
 impl Proxy {
@@ -1119,42 +1152,35 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let swallow = Arc::new(AtomicU8::new(0));
+        let swallow_up = Arc::new(AtomicU8::new(0));
         let swallowed = Arc::new(AtomicUsize::new(0));
+        let refuse = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(Mutex::new(Vec::new()));
-        let (sw, sd, cs) = (swallow.clone(), swallowed.clone(), conns.clone());
+        let (sw, swu, sd, rf, cs) = (
+            swallow.clone(),
+            swallow_up.clone(),
+            swallowed.clone(),
+            refuse.clone(),
+            conns.clone(),
+        );
         let accept = tokio::spawn(async move {
             while let Ok((down, _)) = listener.accept().await {
-                let (upstream, sw, sd) = (upstream.clone(), sw.clone(), sd.clone());
+                if rf.load(Ordering::SeqCst) {
+                    drop(down);
+                    continue;
+                }
+                let (upstream, sw, swu, sd) =
+                    (upstream.clone(), sw.clone(), swu.clone(), sd.clone());
                 let task = tokio::spawn(async move {
                     let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
-                    let (mut down_rd, mut down_wr) = down.into_split();
-                    let (mut up_rd, mut up_wr) = up.into_split();
-                    let to_remote = tokio::io::copy(&mut down_rd, &mut up_wr);
-                    let from_remote = async move {
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 16 * 1024];
-                        loop {
-                            let n = up_rd.read(&mut chunk).await?;
-                            if n == 0 {
-                                return Ok::<(), std::io::Error>(());
-                            }
-                            buf.extend_from_slice(&chunk[..n]);
-                            let mut out = Vec::new();
-                            while let Some(len) = packet_len(&buf) {
-                                let packet: Vec<u8> = buf.drain(..len).collect();
-                                let kind = sw.load(Ordering::SeqCst);
-                                if kind != 0 && packet[0] >> 4 == kind {
-                                    sd.fetch_add(1, Ordering::SeqCst);
-                                } else {
-                                    out.extend_from_slice(&packet);
-                                }
-                            }
-                            down_wr.write_all(&out).await?;
-                        }
-                    };
-                    let _ = tokio::join!(to_remote, from_remote);
+                    let (down_rd, down_wr) = down.into_split();
+                    let (up_rd, up_wr) = up.into_split();
+                    let _ = tokio::join!(
+                        relay(down_rd, up_wr, swu, sd.clone()),
+                        relay(up_rd, down_wr, sw, sd)
+                    );
                 });
                 cs.lock().unwrap().push(task);
             }
@@ -1162,7 +1188,9 @@ impl Proxy {
         Self {
             addr,
             swallow,
+            swallow_up,
             swallowed,
+            refuse,
             conns,
             accept,
         }
@@ -1332,4 +1360,79 @@ async fn v311_qos2_exactly_once_across_reconnects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_qos1_nothing_lost_in_order_across_reconnects() {
     resumes_the_remote_session(BridgeProtocol::V5, QoS::AtLeastOnce).await;
+}
+
+/// The remote loses the bridge's session (5.0 session expiry 1 s, the proxy refusing
+/// connections for longer) while QoS 2 messages are PUBREC'd but their PUBRELs were
+/// swallowed: Mosquitto, which delivers QoS 2 on PUBREL, drops them with the session. The
+/// remote answers the reconnect with Session Present 0 and the bridge's client publishes
+/// every unacknowledged message again, PUBREC'd ones included: nothing is lost, in order
+/// (at least once in this case).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_remote_session_loses_nothing() {
+    let mosquitto = Mosquitto::start("");
+    let proxy = Proxy::start(mosquitto.addr()).await;
+    let broker = sagitta(|c| {
+        let mut b = bridge("ls", &proxy.addr, BridgeProtocol::V5).topic(
+            TopicRule::new("seq/#", Direction::Out)
+                .prefixes("", "edge/")
+                .qos(2),
+        );
+        b.session_expiry = 1;
+        c.bridges.push(b);
+    })
+    .await;
+    wait_status(&broker, "ls", "connected", |s| s.connected).await;
+    let sub = client(mosquitto.addr(), ProtocolVersion::V5).await;
+    sub.subscribe_recv("edge/seq/#", QoS::ExactlyOnce)
+        .await
+        .unwrap();
+    let publisher = client(broker.local_addrs()[0].to_string(), ProtocolVersion::V5).await;
+    const N: usize = 200;
+    let publishing = tokio::spawn(async move {
+        for i in 0..N {
+            publisher
+                .publish_with("seq/n", i.to_string(), QoS::ExactlyOnce)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        publisher
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    proxy.swallow_up.store(6, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    proxy.refuse.store(true, Ordering::SeqCst);
+    assert_eq!(proxy.cut(), 1, "one bridge connection through the proxy");
+    proxy.swallow_up.store(0, Ordering::SeqCst);
+    assert!(
+        proxy.swallowed.load(Ordering::SeqCst) > 0,
+        "PUBRELs were swallowed before the cut"
+    );
+    wait_status(&broker, "ls", "disconnected", |s| !s.connected).await;
+    // Past the session expiry (Mosquitto checks it about every second).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.refuse.store(false, Ordering::SeqCst);
+    wait_status(&broker, "ls", "reconnected", |s| {
+        s.connected && s.reconnects >= 1
+    })
+    .await;
+    let publisher = publishing.await.unwrap();
+    expect_in_order(&sub, N).await;
+    wait_status(&broker, "ls", "every message acknowledged", |s| {
+        s.sent == N as u64 && s.inflight == 0 && s.queued == 0
+    })
+    .await;
+    assert_eq!(status(&broker, "ls").dropped, 0);
+    assert!(
+        mosquitto
+            .log()
+            .matches("Sending CONNACK to sagitta-bridge-ls (0, 0)")
+            .count()
+            >= 2,
+        "the remote had lost the session: {}",
+        mosquitto.log()
+    );
+    publisher.disconnect().await.unwrap();
+    broker.shutdown().await;
 }
