@@ -2,8 +2,9 @@
 //! `mosquitto`) started by each test on a free port of 127.0.0.1: topics both ways with
 //! prefix remapping, MQTT 5.0 and 3.1.1 remotes, no loop when both sides forward the same
 //! topic, nothing lost while the remote is stopped and started again (and across a restart
-//! of our broker with its store), status in the admin API, `$SYS` and metrics; and
-//! Mosquitto's own bridge (`connection`) into Sagitta.
+//! of our broker with its store), status in the admin API, `$SYS` and metrics;
+//! Mosquitto's own bridge (`connection`) into Sagitta; and QoS 2 exactly once across
+//! connections cut by a proxy (the bridge resumes its remote session).
 //!
 //! Mosquitto missing fails the tests (with installation advice), as in the other interop
 //! tests; `scripts/test-all` installs it.
@@ -14,6 +15,8 @@
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sagitta_broker::{
@@ -1095,4 +1098,341 @@ async fn qos_is_lowered_to_the_remote_maximum() {
     assert_eq!(status(&broker, "q").dropped, 0);
     broker.shutdown().await;
     remote.shutdown().await;
+}
+
+/// A TCP proxy in front of `upstream` whose connections the test can cut (both sockets
+/// closed at once, the remote broker keeps running), which can swallow packets of one type
+/// each way before a cut (e.g. the remote's PUBCOMPs: the remote then has delivered a
+/// message the bridge does not know it has, the case where re-publishing it as a new message
+/// would deliver it twice), and which can refuse new connections for a while.
+struct Proxy {
+    addr: String,
+    /// The packet type (4 PUBACK, 7 PUBCOMP) from the remote swallowed now, 0 for none.
+    swallow: Arc<AtomicU8>,
+    /// The packet type (6 PUBREL) to the remote swallowed now, 0 for none.
+    swallow_up: Arc<AtomicU8>,
+    swallowed: Arc<AtomicUsize>,
+    /// New connections are closed at once.
+    refuse: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+/// Copies whole MQTT packets from `rd` to `wr`, except those of the type `swallow` says.
+async fn relay(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    swallow: Arc<AtomicU8>,
+    swallowed: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = rd.read(&mut chunk).await?;
+        if n == 0 {
+            return wr.shutdown().await;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
+        while let Some(len) = packet_len(&buf) {
+            let packet: Vec<u8> = buf.drain(..len).collect();
+            let kind = swallow.load(Ordering::SeqCst);
+            if kind != 0 && packet[0] >> 4 == kind {
+                swallowed.fetch_add(1, Ordering::SeqCst);
+            } else {
+                out.extend_from_slice(&packet);
+            }
+        }
+        wr.write_all(&out).await?;
+    }
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let swallow = Arc::new(AtomicU8::new(0));
+        let swallow_up = Arc::new(AtomicU8::new(0));
+        let swallowed = Arc::new(AtomicUsize::new(0));
+        let refuse = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (sw, swu, sd, rf, cs) = (
+            swallow.clone(),
+            swallow_up.clone(),
+            swallowed.clone(),
+            refuse.clone(),
+            conns.clone(),
+        );
+        let accept = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                if rf.load(Ordering::SeqCst) {
+                    drop(down);
+                    continue;
+                }
+                let (upstream, sw, swu, sd) =
+                    (upstream.clone(), sw.clone(), swu.clone(), sd.clone());
+                let task = tokio::spawn(async move {
+                    let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (down_rd, down_wr) = down.into_split();
+                    let (up_rd, up_wr) = up.into_split();
+                    let _ = tokio::join!(
+                        relay(down_rd, up_wr, swu, sd.clone()),
+                        relay(up_rd, down_wr, sw, sd)
+                    );
+                });
+                cs.lock().unwrap().push(task);
+            }
+        });
+        Self {
+            addr,
+            swallow,
+            swallow_up,
+            swallowed,
+            refuse,
+            conns,
+            accept,
+        }
+    }
+
+    /// Closes every connection through the proxy; returns how many were open.
+    fn cut(&self) -> usize {
+        let tasks = std::mem::take(&mut *self.conns.lock().unwrap());
+        let open = tasks.iter().filter(|t| !t.is_finished()).count();
+        for t in tasks {
+            t.abort();
+        }
+        open
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// The length of the complete MQTT packet at the start of `buf`, if there is one.
+fn packet_len(buf: &[u8]) -> Option<usize> {
+    let mut remaining = 0usize;
+    for i in 0..4 {
+        let byte = *buf.get(1 + i)?;
+        remaining |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let total = 2 + i + remaining;
+            return (buf.len() >= total).then_some(total);
+        }
+    }
+    panic!("malformed remaining length from the remote");
+}
+
+/// 300 local messages at `qos` go out over a bridge whose connection the test cuts three
+/// times mid-stream, each time after the remote's acknowledgements (PUBCOMP for QoS 2,
+/// PUBACK for QoS 1) were swallowed for a while: the remote (Mosquitto, kept running) has
+/// delivered those messages, the bridge does not know it. The bridge resumes its session,
+/// sending the unacknowledged messages again with DUP and their packet ids (PUBREL for QoS 2
+/// ones already PUBREC'd): a QoS 2 subscriber on the remote gets every message exactly once
+/// and in order; with QoS 1 every message, in order, repeats allowed (QoS 1 has no
+/// de-duplication).
+async fn resumes_the_remote_session(protocol: BridgeProtocol, qos: QoS) {
+    let mosquitto = Mosquitto::start("");
+    let proxy = Proxy::start(mosquitto.addr()).await;
+    let broker = sagitta(|c| {
+        let mut b = bridge("rs", &proxy.addr, protocol).topic(
+            TopicRule::new("seq/#", Direction::Out)
+                .prefixes("", "edge/")
+                .qos(2),
+        );
+        // 3.1.1 has no Receive Maximum: Mosquitto drops QoS 2 messages past its
+        // `max_inflight_messages` (20) with only a log line, so the bridge must stay below.
+        b.max_inflight = 20;
+        c.bridges.push(b);
+    })
+    .await;
+    wait_status(&broker, "rs", "connected", |s| s.connected).await;
+    let sub = client(mosquitto.addr(), ProtocolVersion::V5).await;
+    sub.subscribe_recv("edge/seq/#", QoS::ExactlyOnce)
+        .await
+        .unwrap();
+    let publisher = client(broker.local_addrs()[0].to_string(), ProtocolVersion::V5).await;
+    const N: usize = 300;
+    let publishing = tokio::spawn(async move {
+        for i in 0..N {
+            publisher
+                .publish_with("seq/n", i.to_string(), qos)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        publisher
+    });
+    let ack = if qos == QoS::ExactlyOnce { 7 } else { 4 };
+    for cut in 1..=3u64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.swallow.store(ack, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(proxy.cut(), 1, "one bridge connection through the proxy");
+        proxy.swallow.store(0, Ordering::SeqCst);
+        wait_status(&broker, "rs", "reconnected", |s| {
+            s.connected && s.reconnects >= cut
+        })
+        .await;
+    }
+    assert!(
+        !publishing.is_finished(),
+        "the cuts must happen while publishing"
+    );
+    let publisher = publishing.await.unwrap();
+    assert!(
+        proxy.swallowed.load(Ordering::SeqCst) >= 3,
+        "acknowledgements were swallowed before the cuts"
+    );
+    // Everything, then nothing more for a while.
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < N && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(m)) = tokio::time::timeout(left, sub.recv()).await else {
+            break;
+        };
+        got.push(m.payload_str().unwrap().parse::<usize>().unwrap());
+    }
+    got.extend(
+        drain(&sub, Duration::from_secs(1))
+            .await
+            .iter()
+            .map(|m| m.payload_str().unwrap().parse::<usize>().unwrap()),
+    );
+    if qos == QoS::ExactlyOnce {
+        let expected: Vec<usize> = (0..N).collect();
+        assert!(
+            got == expected,
+            "exactly once, in order: {} messages, duplicates {:?}, missing {:?}",
+            got.len(),
+            got.iter()
+                .enumerate()
+                .filter(|(k, i)| got[..*k].contains(i))
+                .map(|(_, i)| *i)
+                .collect::<Vec<_>>(),
+            expected
+                .iter()
+                .filter(|i| !got.contains(i))
+                .collect::<Vec<_>>()
+        );
+    } else {
+        // In order: each message is the next new one or a repeat.
+        let mut seen = 0;
+        for &i in &got {
+            assert!(
+                i <= seen,
+                "message {seen} expected, got {i}: lost or out of order"
+            );
+            if i == seen {
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, N, "every message");
+    }
+    wait_status(&broker, "rs", "every message acknowledged", |s| {
+        s.sent == N as u64 && s.inflight == 0 && s.queued == 0
+    })
+    .await;
+    let s = status(&broker, "rs");
+    assert_eq!(s.reconnects, 3, "{s:?}");
+    assert_eq!(s.dropped, 0, "{s:?}");
+    assert!(s.last_error.is_some(), "{s:?}");
+    publisher.disconnect().await.unwrap();
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_qos2_exactly_once_across_reconnects() {
+    resumes_the_remote_session(BridgeProtocol::V5, QoS::ExactlyOnce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v311_qos2_exactly_once_across_reconnects() {
+    resumes_the_remote_session(BridgeProtocol::V311, QoS::ExactlyOnce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_qos1_nothing_lost_in_order_across_reconnects() {
+    resumes_the_remote_session(BridgeProtocol::V5, QoS::AtLeastOnce).await;
+}
+
+/// The remote loses the bridge's session (5.0 session expiry 1 s, the proxy refusing
+/// connections for longer) while QoS 2 messages are PUBREC'd but their PUBRELs were
+/// swallowed: Mosquitto, which delivers QoS 2 on PUBREL, drops them with the session. The
+/// remote answers the reconnect with Session Present 0 and the bridge's client publishes
+/// every unacknowledged message again, PUBREC'd ones included: nothing is lost, in order
+/// (at least once in this case).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_remote_session_loses_nothing() {
+    let mosquitto = Mosquitto::start("");
+    let proxy = Proxy::start(mosquitto.addr()).await;
+    let broker = sagitta(|c| {
+        let mut b = bridge("ls", &proxy.addr, BridgeProtocol::V5).topic(
+            TopicRule::new("seq/#", Direction::Out)
+                .prefixes("", "edge/")
+                .qos(2),
+        );
+        b.session_expiry = 1;
+        c.bridges.push(b);
+    })
+    .await;
+    wait_status(&broker, "ls", "connected", |s| s.connected).await;
+    let sub = client(mosquitto.addr(), ProtocolVersion::V5).await;
+    sub.subscribe_recv("edge/seq/#", QoS::ExactlyOnce)
+        .await
+        .unwrap();
+    let publisher = client(broker.local_addrs()[0].to_string(), ProtocolVersion::V5).await;
+    const N: usize = 200;
+    let publishing = tokio::spawn(async move {
+        for i in 0..N {
+            publisher
+                .publish_with("seq/n", i.to_string(), QoS::ExactlyOnce)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        publisher
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    proxy.swallow_up.store(6, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    proxy.refuse.store(true, Ordering::SeqCst);
+    assert_eq!(proxy.cut(), 1, "one bridge connection through the proxy");
+    proxy.swallow_up.store(0, Ordering::SeqCst);
+    assert!(
+        proxy.swallowed.load(Ordering::SeqCst) > 0,
+        "PUBRELs were swallowed before the cut"
+    );
+    wait_status(&broker, "ls", "disconnected", |s| !s.connected).await;
+    // Past the session expiry (Mosquitto checks it about every second).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.refuse.store(false, Ordering::SeqCst);
+    wait_status(&broker, "ls", "reconnected", |s| {
+        s.connected && s.reconnects >= 1
+    })
+    .await;
+    let publisher = publishing.await.unwrap();
+    expect_in_order(&sub, N).await;
+    wait_status(&broker, "ls", "every message acknowledged", |s| {
+        s.sent == N as u64 && s.inflight == 0 && s.queued == 0
+    })
+    .await;
+    assert_eq!(status(&broker, "ls").dropped, 0);
+    assert!(
+        mosquitto
+            .log()
+            .matches("Sending CONNACK to sagitta-bridge-ls (0, 0)")
+            .count()
+            >= 2,
+        "the remote had lost the session: {}",
+        mosquitto.log()
+    );
+    publisher.disconnect().await.unwrap();
+    broker.shutdown().await;
 }

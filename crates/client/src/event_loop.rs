@@ -530,8 +530,10 @@ impl EventLoop {
 
     /// The broker has no session for us (first connection, clean start, or it lost it):
     /// forget inbound QoS 2 ids, restore subscriptions, send pending SUBSCRIBE/UNSUBSCRIBE
-    /// again, and publish unacknowledged messages again as new ones. A QoS 2 message already
-    /// PUBREC'd reached the broker and completes.
+    /// again, and publish every unacknowledged message again as a new one, a QoS 2 message
+    /// already PUBREC'd included: a broker may deliver QoS 2 only on PUBREL (Mosquitto does),
+    /// and one that lost the session lost such a message with it. Not losing it costs a
+    /// possible duplicate when the broker had delivered it already.
     fn restart(&mut self, conn: &mut Conn) -> Result<(), ClientError> {
         self.inbound_qos2.clear();
         // Restores of a previous connection that never got their SUBACK are replaced.
@@ -566,16 +568,11 @@ impl EventLoop {
             tracing::info!(count = self.subs.len(), "restoring subscriptions");
         }
         let mut again = VecDeque::new();
-        for (_, stage, item) in self.window.drain() {
-            match stage {
-                Stage::AwaitingPubComp => reply(item.done, Ok(())),
-                Stage::AwaitingPubAck | Stage::AwaitingPubRec => {
-                    again.push_back(Request::Publish(PublishRequest {
-                        publish: item.publish,
-                        done: item.done,
-                    }));
-                }
-            }
+        for (_, _, item) in self.window.drain() {
+            again.push_back(Request::Publish(PublishRequest {
+                publish: item.publish,
+                done: item.done,
+            }));
         }
         if !again.is_empty() {
             tracing::info!(

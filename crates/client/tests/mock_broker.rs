@@ -165,6 +165,44 @@ async fn lost_session_restores_subscriptions_and_publishes_again() {
     assert_eq!(conn.recv().await, Packet::PubAck(ack(9)));
 }
 
+/// A QoS 2 message the broker PUBREC'd, then the broker lost the session: it is published
+/// again as new (a broker may deliver QoS 2 only on PUBREL, so it may have lost it), and
+/// completes with the new flow.
+#[tokio::test]
+async fn lost_session_publishes_a_pubrecd_qos2_message_again() {
+    let broker = MockBroker::start().await;
+    let connecting = tokio::spawn(
+        Client::builder(broker.addr())
+            .client_id("q2")
+            .clean_start(false)
+            .session_expiry(Duration::from_secs(60))
+            .reconnect(fast_reconnect())
+            .connect(),
+    );
+    let (mut conn, _) = broker.accept_with(V5, connack(false)).await;
+    let client = connecting.await.unwrap().unwrap();
+    let pending = start(&client, "t/q2", "two", QoS::ExactlyOnce).await;
+    let first = expect_publish(&mut conn).await;
+    let id = first.packet_id.unwrap();
+    conn.send(&Packet::PubRec(PubResponse::new(id))).await;
+    assert_eq!(conn.recv().await, Packet::PubRel(PubResponse::new(id)));
+    drop(conn);
+
+    let (mut conn, connect) = broker.accept_with(V5, connack(false)).await;
+    assert!(!connect.clean_start, "asked to resume");
+    let p = expect_publish(&mut conn).await;
+    assert_eq!(
+        (p.topic.as_str(), p.dup, p.qos, &p.payload),
+        ("t/q2", false, QoS::ExactlyOnce, &first.payload),
+        "published again as a new message"
+    );
+    let id = p.packet_id.unwrap();
+    conn.send(&Packet::PubRec(PubResponse::new(id))).await;
+    assert_eq!(conn.recv().await, Packet::PubRel(PubResponse::new(id)));
+    conn.send(&Packet::PubComp(PubResponse::new(id))).await;
+    within("completion", pending).await.unwrap();
+}
+
 #[tokio::test]
 async fn receive_maximum_bounds_messages_in_flight() {
     let broker = MockBroker::start().await;

@@ -12,13 +12,23 @@
 //!   Published.
 //! - The **remote** one connects to the configured addresses in turn (fail-over), with TLS
 //!   if asked, and backoff between attempts. Its subscriptions (the `in` rules) have No Local
-//!   for 5.0; for 3.1.1 the CONNECT carries Mosquitto's bridge flag (`try_private`).
+//!   for 5.0; for 3.1.1 the CONNECT carries Mosquitto's bridge flag (`try_private`). One
+//!   [`Client`] serves one address: when its connection is lost, the client reconnects by
+//!   itself (backoff from the bridge's configuration) and, the remote session being
+//!   persistent (the default), resumes it: unacknowledged PUBLISHes go again with DUP and
+//!   their packet ids, PUBRELs for what was PUBREC'd, so the remote's QoS 2 de-duplication
+//!   holds (exactly once). The bridge only watches the client's status. With several
+//!   addresses, a client whose reconnects keep failing ([`FAILOVER_AFTER`] attempts) is
+//!   closed and the next address gets a new client (a new session there: what was not
+//!   acknowledged is published again as new).
 //!
 //! Acknowledgements are manual on both sides: a local message is acknowledged to this broker
 //! only once the remote broker has acknowledged it (PUBACK / PUBCOMP), and a remote message
 //! only once this broker has. While the remote is unreachable the local in-flight window
 //! fills and the broker queues the rest; after a reconnect, what was not acknowledged is sent
 //! again in order, then the queue drains. Nothing acknowledged is ever held only in memory.
+//! (The remote client's in-flight window is in memory, but every message in it is still
+//! unacknowledged to this broker, so it is also in the local session.)
 
 pub mod config;
 
@@ -30,17 +40,22 @@ use std::time::Duration;
 
 use sagitta_client::{
     Ack, BoxedStream, Client, ClientBuilder, ClientError, ConnectError, Connector, PendingPublish,
-    PublishOptions, ReconnectPolicy, Subscription, TlsOptions,
+    PublishOptions, ReconnectPolicy, State, Status, Subscription, TlsOptions,
 };
 use sagitta_proto::{
     ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions, TopicFilter, TopicName,
 };
 use serde::Serialize;
+use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::broker::Shared;
 use crate::listener::Listener;
 use config::{BridgeConfig, BridgeProtocol};
+
+/// With several addresses, failed reconnects in a row to the current one before the bridge
+/// fails over to the next.
+pub const FAILOVER_AFTER: u32 = 3;
 
 /// Client ids of the local sessions of bridges start with this; no network client may use one.
 pub(crate) const ID_PREFIX: &str = "$bridge/";
@@ -385,7 +400,8 @@ enum Event {
     OutDone(Result<(), ClientError>),
     Remote(Option<(sagitta_client::Message, Option<Ack>)>),
     InDone(Result<(), ClientError>),
-    RemoteClosed(Option<ClientError>),
+    /// The remote client's status changed (connected again, reconnecting, closed).
+    RemoteStatus(Status),
     Attempt(Result<Attempt, tokio::task::JoinError>),
 }
 
@@ -452,6 +468,10 @@ async fn run(
         state,
         local,
         remote: None,
+        remote_status: None,
+        remote_up: false,
+        remote_addr: String::new(),
+        seen_connections: 0,
         remote_connection: 0,
         connecting: None,
         next_addr: 0,
@@ -598,8 +618,18 @@ struct Bridge {
     tls: Option<TlsOptions>,
     state: Arc<BridgeState>,
     local: Client,
+    /// The client of the current remote address; it reconnects by itself.
     remote: Option<Client>,
-    /// Counts remote connections: acknowledgements for an earlier one are not sent.
+    /// Its status changes.
+    remote_status: Option<watch::Receiver<Status>>,
+    /// Its connection is up (as far as the last status change said).
+    remote_up: bool,
+    /// Its address.
+    remote_addr: String,
+    /// Its connections seen so far (the status counts them): reconnects are the difference.
+    seen_connections: u32,
+    /// Counts remote clients: acknowledgements for an earlier one are not sent (the client
+    /// itself drops acknowledgements for an earlier connection of its own).
     remote_connection: u64,
     connecting: Option<Connecting>,
     next_addr: usize,
@@ -622,6 +652,7 @@ impl Bridge {
             let (local, remote) = (&self.local, &self.remote);
             let (out_flight, in_flight) = (&mut self.out_flight, &mut self.in_flight);
             let connecting = &mut self.connecting;
+            let remote_status = &mut self.remote_status;
             let event = tokio::select! {
                 () = shared.shutdown.cancelled() => Event::Shutdown,
                 m = local.recv_manual() => Event::Local(m),
@@ -633,12 +664,16 @@ impl Bridge {
                     }
                 } => Event::Remote(m),
                 r = front(in_flight, |i| &mut i.done) => Event::InDone(r),
-                e = async {
-                    match remote {
-                        Some(r) => r.closed().await,
+                s = async {
+                    match remote_status {
+                        Some(rx) => match rx.changed().await {
+                            Ok(()) => rx.borrow_and_update().clone(),
+                            // Its status can no longer change.
+                            Err(_) => std::future::pending().await,
+                        },
                         None => std::future::pending().await,
                     }
-                } => Event::RemoteClosed(e),
+                } => Event::RemoteStatus(s),
                 a = maybe(connecting) => Event::Attempt(a),
             };
             match event {
@@ -652,7 +687,7 @@ impl Bridge {
                 Event::Remote(None) => self.lost(VecDeque::new(), None).await,
                 Event::Remote(Some((message, ack))) => self.on_remote(message, ack).await,
                 Event::InDone(result) => self.on_in_done(result).await,
-                Event::RemoteClosed(error) => self.lost(VecDeque::new(), error).await,
+                Event::RemoteStatus(status) => self.on_status(status).await,
                 Event::Attempt(attempt) => self.on_attempt(attempt).await,
             }
         }
@@ -688,7 +723,7 @@ impl Bridge {
             ack,
         };
         if out.message.qos == QoS::AtMostOnce {
-            let sent = match &self.remote {
+            let sent = match self.up() {
                 Some(remote) => remote
                     .start_publish(
                         out.topic.clone(),
@@ -706,7 +741,7 @@ impl Bridge {
             });
             return;
         }
-        if self.remote.is_none() || !self.waiting.is_empty() {
+        if self.up().is_none() || !self.waiting.is_empty() {
             self.waiting.push_back(out);
             return;
         }
@@ -717,7 +752,7 @@ impl Bridge {
     /// QoS if that is lower).
     async fn send(&mut self, mut out: Out) {
         loop {
-            let Some(remote) = &self.remote else {
+            let Some(remote) = self.up() else {
                 self.waiting.push_back(out);
                 return;
             };
@@ -813,17 +848,91 @@ impl Bridge {
         }
     }
 
-    /// The remote connection ended: what it did not acknowledge (`first`, then the rest in
-    /// flight, then what waited) goes out on the next one, in order.
+    /// The remote client, if its connection is up.
+    fn up(&self) -> Option<&Client> {
+        self.remote.as_ref().filter(|_| self.remote_up)
+    }
+
+    /// The remote client's status changed. Reconnects (and resuming the session) are the
+    /// client's: the bridge follows them for its status, sends what waited once connected
+    /// again, and takes over (fail-over) only once the client is closed.
+    async fn on_status(&mut self, status: Status) {
+        match status.state {
+            State::Connected => {
+                let new = status.connections.saturating_sub(self.seen_connections);
+                if new == 0 {
+                    return;
+                }
+                self.seen_connections = status.connections;
+                for _ in 0..new {
+                    BridgeState::count(&self.state.reconnects);
+                }
+                if status.session_present {
+                    info!("bridge reconnected to the remote broker; session resumed");
+                } else {
+                    // The client published what the remote had not acknowledged again as
+                    // new messages (a QoS 2 one may arrive twice) and restored the
+                    // subscriptions.
+                    warn!(
+                        "bridge reconnected, but the remote broker had lost the session: \
+                         unacknowledged messages are published again"
+                    );
+                }
+                self.remote_up = true;
+                self.state.connected.store(true, Ordering::Relaxed);
+                self.send_waiting().await;
+            }
+            State::Reconnecting => {
+                // Why the connection was lost (the client's failed attempts are not told).
+                let why = status
+                    .last_error
+                    .map_or_else(|| "connection lost".to_owned(), |e| e.to_string());
+                if self.remote_up {
+                    warn!(error = %why, "bridge disconnected from the remote broker; reconnecting");
+                } else {
+                    debug!(error = %why, "reconnecting to the remote broker");
+                }
+                let addr = self.remote_addr.as_str();
+                self.state.set_error(format!("{addr}: {why}"));
+                self.remote_up = false;
+                self.state.connected.store(false, Ordering::Relaxed);
+            }
+            State::Closed => self.lost(VecDeque::new(), status.last_error).await,
+        }
+    }
+
+    /// Sends what waited for the remote connection, in order.
+    async fn send_waiting(&mut self) {
+        let waiting = std::mem::take(&mut self.waiting);
+        if !waiting.is_empty() {
+            info!(
+                count = waiting.len(),
+                "sending what waited for the remote broker"
+            );
+        }
+        for out in waiting {
+            self.send(out).await;
+        }
+    }
+
+    /// The remote client is closed (its reconnects failed, or it was refused for good): what
+    /// it did not acknowledge (`first`, then the rest in flight, then what waited) goes out
+    /// on the next client, in order, as new messages (a new client has a new session).
     async fn lost(&mut self, first: VecDeque<Out>, error: Option<ClientError>) {
         let Some(remote) = self.remote.take() else {
             self.waiting = first.into_iter().chain(self.waiting.drain(..)).collect();
             return;
         };
+        self.remote_status = None;
+        self.remote_up = false;
+        // Its reconnects to this address ran out: the next address, if there is one.
+        let fail_over = matches!(error, Some(ClientError::Reconnect(_)));
         let why = error.map_or_else(|| "connection closed".to_owned(), |e| e.to_string());
         warn!(error = %why, "bridge disconnected from the remote broker");
         self.state.connected.store(false, Ordering::Relaxed);
-        self.state.set_error(&why);
+        self.state.set_error(format!("{}: {why}", self.remote_addr));
+        // Closes the client if it is not yet (a local message failed on it).
+        let _ = remote.disconnect().await;
         drop(remote);
         // Every publish of the closed client completes now (acknowledged or failed).
         let mut again = first;
@@ -840,6 +949,9 @@ impl Bridge {
         again.extend(self.waiting.drain(..));
         self.waiting = again;
         self.failures = 1;
+        if fail_over {
+            self.next_addr = (self.next_addr + 1) % self.config.addresses.len().max(1);
+        }
         self.schedule(Duration::from_millis(self.config.reconnect_delay_ms));
     }
 
@@ -881,7 +993,7 @@ impl Bridge {
             .client_id(c.remote_client_id())
             .keep_alive(Duration::from_secs(u64::from(c.keep_alive)))
             .clean_start(c.clean_start)
-            .reconnect(ReconnectPolicy::disabled())
+            .reconnect(self.reconnect_policy())
             .manual_acks(true)
             .bridge(!v5 && private)
             .receive_maximum(c.max_inflight)
@@ -901,6 +1013,21 @@ impl Bridge {
             b = b.tls(tls.clone());
         }
         b
+    }
+
+    /// The remote client's own reconnects: the bridge's backoff; with several addresses, at
+    /// most [`FAILOVER_AFTER`] failed attempts in a row before failing over.
+    fn reconnect_policy(&self) -> ReconnectPolicy {
+        let c = &self.config;
+        let policy = ReconnectPolicy::exponential(
+            Duration::from_millis(c.reconnect_delay_ms),
+            Duration::from_millis(c.reconnect_max_delay_ms),
+        );
+        if c.addresses.len() > 1 {
+            policy.max_attempts(FAILOVER_AFTER)
+        } else {
+            policy
+        }
     }
 
     async fn on_attempt(&mut self, attempt: Result<Attempt, tokio::task::JoinError>) {
@@ -947,18 +1074,23 @@ impl Bridge {
         self.ever_connected = true;
         self.failures = 0;
         self.remote_connection += 1;
+        // Changes from now on; the connection may already be lost again (then the client
+        // reconnects, and the status says so).
+        let mut status = remote.watch_status();
+        let now = status.borrow_and_update().clone();
+        self.remote_status = Some(status);
+        self.seen_connections = 1;
+        self.remote_up = false;
         self.remote = Some(remote);
         self.state.set_remote(&addr);
-        self.state.connected.store(true, Ordering::Relaxed);
-        let waiting = std::mem::take(&mut self.waiting);
-        if !waiting.is_empty() {
-            info!(
-                count = waiting.len(),
-                "sending what waited for the remote broker"
-            );
-        }
-        for out in waiting {
-            self.send(out).await;
+        self.remote_addr = addr;
+        match now.state {
+            State::Connected if now.connections <= 1 => {
+                self.remote_up = true;
+                self.state.connected.store(true, Ordering::Relaxed);
+                self.send_waiting().await;
+            }
+            _ => self.on_status(now).await,
         }
     }
 
