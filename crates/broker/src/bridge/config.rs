@@ -148,9 +148,13 @@ pub struct BridgeConfig {
     /// Default: the global `max_queued_messages`.
     #[serde(default)]
     pub max_queued: Option<usize>,
-    /// QoS 1/2 messages in flight each way (unacknowledged). Default 100.
-    #[serde(default = "default_max_inflight")]
-    pub max_inflight: u16,
+    /// QoS 1/2 messages in flight each way (unacknowledged). Default 100 with a 5.0 remote
+    /// (which also states its own Receive Maximum), 20 with a 3.1.1 one: 3.1.1 cannot say
+    /// how many a broker takes, and Mosquitto drops QoS 2 messages past its
+    /// `max_inflight_messages` (default 20) with only a log line. See
+    /// [`BridgeConfig::inflight`].
+    #[serde(default)]
+    pub max_inflight: Option<u16>,
     /// First delay before connecting again, in milliseconds; it doubles up to
     /// `reconnect_max_delay_ms`. Default 500.
     #[serde(default = "default_reconnect_delay")]
@@ -191,9 +195,6 @@ fn default_session_expiry() -> u32 {
 }
 fn default_true() -> bool {
     true
-}
-fn default_max_inflight() -> u16 {
-    100
 }
 fn default_reconnect_delay() -> u64 {
     500
@@ -239,7 +240,7 @@ impl BridgeConfig {
             session_expiry: default_session_expiry(),
             try_private: true,
             max_queued: None,
-            max_inflight: default_max_inflight(),
+            max_inflight: None,
             reconnect_delay_ms: default_reconnect_delay(),
             reconnect_max_delay_ms: default_reconnect_max_delay(),
             tls: false,
@@ -250,6 +251,15 @@ impl BridgeConfig {
             insecure: false,
             topics: Vec::new(),
         }
+    }
+
+    /// The QoS 1/2 messages in flight each way: `max_inflight`, else 100 for a 5.0 remote and
+    /// 20 for a 3.1.1 one.
+    pub fn inflight(&self) -> u16 {
+        self.max_inflight.unwrap_or(match self.protocol {
+            BridgeProtocol::V5 => 100,
+            BridgeProtocol::V311 => 20,
+        })
     }
 
     /// Adds a topic rule (builder style).
@@ -281,7 +291,7 @@ impl BridgeConfig {
         if self.topics.is_empty() {
             return Err("at least one `[[bridge.topic]]` rule is needed".into());
         }
-        if self.max_inflight == 0 {
+        if self.max_inflight == Some(0) {
             return Err("`max_inflight` must be at least 1".into());
         }
         if self.reconnect_delay_ms == 0 || self.reconnect_max_delay_ms < self.reconnect_delay_ms {

@@ -511,7 +511,7 @@ async fn connect_local(
             }
         })
     }));
-    let inflight = config.max_inflight;
+    let inflight = config.inflight();
     let id = local_client_id(&config.name);
     let client = Client::builder("in-process:0")
         .client_id(id)
@@ -996,9 +996,9 @@ impl Bridge {
             .reconnect(self.reconnect_policy())
             .manual_acks(true)
             .bridge(!v5 && private)
-            .receive_maximum(c.max_inflight)
-            .max_inflight(c.max_inflight)
-            .message_capacity(usize::from(c.max_inflight) + 1024)
+            .receive_maximum(c.inflight())
+            .max_inflight(c.inflight())
+            .message_capacity(usize::from(c.inflight()) + 1024)
             .connect_timeout(Duration::from_secs(10));
         if v5 {
             b = b.session_expiry(Duration::from_secs(u64::from(c.session_expiry)));
