@@ -365,12 +365,17 @@ impl BrokerBuilder {
         // First, so that `/health` answers and `/ready` says why not yet while the store is
         // read. Dropped (stopped) if the start fails.
         let http = match &self.config.http {
-            Some(h) => Some(HttpServer::start(h, &self.config).await.map_err(|source| {
-                BrokerError::Bind {
-                    addr: format!("{} (http)", h.bind),
-                    source,
-                }
-            })?),
+            Some(h) => {
+                let tls = crate::http::tls_config(h)?;
+                Some(
+                    HttpServer::start(h, &self.config, tls)
+                        .await
+                        .map_err(|source| BrokerError::Bind {
+                            addr: format!("{} (http)", h.bind),
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
         let mut files = AuthFiles {
@@ -599,6 +604,9 @@ impl Broker {
     pub fn check_config(config: &Config) -> Result<(), BrokerError> {
         config.validate()?;
         let _ = crate::listener::prepare(config, None, &[])?;
+        if let Some(http) = &config.http {
+            crate::http::tls_config(http)?;
+        }
         if let Some(path) = &config.acl_file {
             Acl::from_file(path)?;
         }

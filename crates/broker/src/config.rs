@@ -404,6 +404,11 @@ pub struct HttpConfig {
     /// When set, every endpoint except `/health` and `/ready` requires the header
     /// `Authorization: Bearer <token>`. Required when `bind` is not a loopback address.
     pub token: Option<String>,
+    /// HTTPS: the PEM certificate chain (with `key`). Without it the listener speaks plain
+    /// HTTP.
+    pub cert: Option<PathBuf>,
+    /// HTTPS: the PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -411,6 +416,8 @@ impl Default for HttpConfig {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
+            cert: None,
+            key: None,
         }
     }
 }
@@ -418,7 +425,17 @@ impl Default for HttpConfig {
 impl HttpConfig {
     /// An HTTP listener on `bind`, without a token.
     pub fn new(bind: SocketAddr) -> Self {
-        Self { bind, token: None }
+        Self {
+            bind,
+            ..Self::default()
+        }
+    }
+
+    /// Serves HTTPS with this certificate chain and key (PEM files; builder style).
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.cert = Some(cert.into());
+        self.key = Some(key.into());
+        self
     }
 
     /// Sets the bearer token (builder style).
@@ -434,6 +451,8 @@ impl std::fmt::Debug for HttpConfig {
         f.debug_struct("HttpConfig")
             .field("bind", &self.bind)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("cert", &self.cert)
+            .field("key", &self.key)
             .finish()
     }
 }
@@ -581,6 +600,12 @@ impl Config {
                     });
                 }
                 _ => {}
+            }
+            if http.cert.is_some() != http.key.is_some() {
+                return invalid(
+                    "http.cert",
+                    "HTTPS needs both `cert` and `key` (or neither, for plain HTTP)",
+                );
             }
         }
         for (i, l) in self.listeners.iter().enumerate() {

@@ -134,6 +134,8 @@ pub(crate) fn config_view(config: &Config) -> Value {
         "http": config.http.as_ref().map(|h| json!({
             "bind": h.bind.to_string(),
             "token": h.token.as_ref().map(|_| MASK),
+            "https": h.cert.is_some(),
+            "cert": path(&h.cert),
         })),
     })
 }

@@ -28,6 +28,8 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -37,6 +39,7 @@ use crate::broker::Shared;
 use crate::config::{Config, HttpConfig};
 use crate::dashboard;
 use crate::listener::ListenerInfo;
+use crate::tls::{TlsError, TlsFiles};
 
 /// HTTP connections served at once.
 pub(crate) const MAX_CONNECTIONS: usize = 32;
@@ -83,8 +86,13 @@ pub(crate) struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `http.bind` and starts serving; `/ready` answers 503 until [`HttpServer::ready`].
-    pub async fn start(http: &HttpConfig, config: &Config) -> std::io::Result<HttpServer> {
+    /// Binds `http.bind` and starts serving (HTTPS with `tls`, from [`tls_config`]); `/ready`
+    /// answers 503 until [`HttpServer::ready`].
+    pub async fn start(
+        http: &HttpConfig,
+        config: &Config,
+        tls: Option<Arc<ServerConfig>>,
+    ) -> std::io::Result<HttpServer> {
         let listener = TcpListener::bind(http.bind).await?;
         let local_addr = listener.local_addr()?;
         let body_limit = (config.max_packet_size as usize)
@@ -103,8 +111,10 @@ impl HttpServer {
             listeners: OnceLock::new(),
         });
         let stop = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(listener, state.clone(), stop.clone()));
-        info!(addr = %local_addr, token = state.token.is_some(), "HTTP listener (metrics, health, admin API, dashboard at /)");
+        let https = tls.is_some();
+        let acceptor = tls.map(TlsAcceptor::from);
+        let task = tokio::spawn(accept_loop(listener, acceptor, state.clone(), stop.clone()));
+        info!(addr = %local_addr, https, token = state.token.is_some(), "HTTP listener (metrics, health, admin API, dashboard at /)");
         Ok(HttpServer {
             state,
             local_addr,
@@ -149,7 +159,30 @@ impl HttpServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<HttpState>, stop: CancellationToken) {
+/// The TLS configuration of an HTTPS listener (`cert` and `key` set), read from its files;
+/// `None` for plain HTTP.
+pub(crate) fn tls_config(http: &HttpConfig) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+    let (Some(cert), Some(key)) = (&http.cert, &http.key) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: None,
+        require_client_cert: false,
+        crl: None,
+    };
+    let mut config = (*crate::tls::server_config(&files)?).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<HttpState>,
+    stop: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
     loop {
@@ -169,10 +202,17 @@ async fn accept_loop(listener: TcpListener, state: Arc<HttpState>, stop: Cancell
                 }
             },
         };
-        let (state, stop) = (state.clone(), stop.clone());
+        let (state, stop, tls) = (state.clone(), stop.clone(), tls.clone());
         tracker.spawn(async move {
             let _permit = permit;
-            serve_connection(stream, peer, state, stop).await;
+            match tls {
+                None => serve_connection(stream, peer, state, stop).await,
+                Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, peer, state, stop).await,
+                    Ok(Err(e)) => debug!(%peer, error = %e, "HTTPS handshake failed"),
+                    Err(_) => debug!(%peer, "no HTTPS handshake in time"),
+                },
+            }
         });
     }
     drop(listener);
@@ -185,12 +225,14 @@ async fn accept_loop(listener: TcpListener, state: Arc<HttpState>, stop: Cancell
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     state: Arc<HttpState>,
     stop: CancellationToken,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         async move {

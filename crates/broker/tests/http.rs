@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod common_tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -808,4 +809,110 @@ async fn a_non_loopback_bind_needs_a_token() {
     assert!(Broker::check_config(&config).is_err());
     config.http = config.http.map(|h| h.token("t0ken"));
     config.validate().unwrap();
+}
+
+/// `GET path` over TLS (trusting `ca`), `Connection: close`: the status line and the body.
+async fn https_get(
+    addr: SocketAddr,
+    ca: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<(String, String)> {
+    let mut tls = common_tls::tls_connect(addr, ca).await?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n");
+    tls.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    // The server closes after the response (a missing close_notify is no matter here).
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn https_with_cert_and_key() {
+    let pki = common_tls::Pki::new("http-tls");
+    let http = HttpConfig::new(any_port())
+        .token("s3cret")
+        .tls(pki.path("server.pem"), pki.path("server.key"));
+    let broker = Broker::start(
+        Config::default()
+            .in_memory()
+            .listen([any_port()])
+            .http(http),
+    )
+    .await
+    .unwrap();
+    let addr = broker.http_addr().unwrap();
+    let trusted = pki.client_config("ca.pem", None);
+    let (status, _) = https_get(addr, trusted.clone(), "/health", None)
+        .await
+        .unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let (status, body) = https_get(addr, trusted.clone(), "/api/v1/clients", Some("s3cret"))
+        .await
+        .unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(body.contains("\"clients\""), "{body}");
+    let (status, _) = https_get(addr, trusted, "/api/v1/clients", None)
+        .await
+        .unwrap();
+    assert!(status.starts_with("HTTP/1.1 401"), "{status}");
+    // The dashboard's page over HTTPS.
+    let (status, body) = https_get(addr, pki.client_config("ca.pem", None), "/", None)
+        .await
+        .unwrap();
+    assert!(
+        status.starts_with("HTTP/1.1 200") && body.contains("<html"),
+        "{status}"
+    );
+    // A client trusting another CA fails the handshake; plain HTTP gets no HTTP answer.
+    assert!(
+        https_get(
+            addr,
+            pki.client_config("other-ca.pem", None),
+            "/health",
+            None
+        )
+        .await
+        .is_err()
+    );
+    let plain = request_raw(
+        addr,
+        "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(!plain.starts_with("HTTP/1.1"), "{plain:?}");
+    broker.shutdown().await;
+}
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Sends `raw` over plain TCP and returns what comes back until the server closes.
+async fn request_raw(addr: SocketAddr, raw: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn https_needs_both_cert_and_key() {
+    let e = Config::from_toml("[http]\ncert = \"c.pem\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("http.cert") && e.contains("key"), "{e}");
+    let mut config = Config::default().in_memory();
+    config.http = Some(HttpConfig::new(any_port()).tls("/nonexistent.pem", "/nonexistent.key"));
+    let e = Broker::check_config(&config).unwrap_err().to_string();
+    assert!(e.contains("/nonexistent.pem"), "{e}");
 }

@@ -693,7 +693,8 @@ async function config(main) {
           h("td", { class: "mono" }, l.name), h("td", {}, h("span", { class: "badge blue" }, l.kind.toUpperCase())), h("td", { class: "mono" }, l.local_addr),
           h("td", {}, l.allow_anonymous ? "allowed" : "refused"), h("td", { class: "hide-narrow" }, l.verifies_client_certificates ? "verified" : "–"))))))));
     if (c.http) main.append(h("section", { class: "panel" }, h("h2", {}, "HTTP listener"), h("dl", { class: "kv" },
-      h("dt", {}, "bind"), h("dd", { class: "mono" }, c.http.bind), h("dt", {}, "token"), h("dd", { class: "mono" }, c.http.token || "not set (open)"))));
+      h("dt", {}, "bind"), h("dd", { class: "mono" }, c.http.bind), h("dt", {}, "token"), h("dd", { class: "mono" }, c.http.token || "not set (open)"),
+      h("dt", {}, "HTTPS"), h("dd", { class: "mono" }, c.http.https ? `yes (${c.http.cert})` : "no"))));
     const skip = new Set(["listeners", "bound", "http", "listen"]);
     const rows = Object.entries(c).filter(([k]) => !skip.has(k));
     main.append(h("section", { class: "panel" }, h("h2", {}, "Broker settings (read-only; secrets are never shown)"),
