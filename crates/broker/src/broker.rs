@@ -364,11 +364,12 @@ impl BrokerBuilder {
         let (prepared, passwords) = crate::listener::prepare(&self.config, custom, &self.methods)?;
         // First, so that `/health` answers and `/ready` says why not yet while the store is
         // read. Dropped (stopped) if the start fails.
+        let mut http_tls = None;
         let http = match &self.config.http {
             Some(h) => {
-                let tls = crate::http::tls_config(h)?;
+                http_tls = crate::http::tls_state(h)?;
                 Some(
-                    HttpServer::start(h, &self.config, tls)
+                    HttpServer::start(h, &self.config, http_tls.clone())
                         .await
                         .map_err(|source| BrokerError::Bind {
                             addr: format!("{} (http)", h.bind),
@@ -442,6 +443,12 @@ impl BrokerBuilder {
         }
         if let Some(h) = &http {
             h.ready(broker.listeners());
+        }
+        if let Some(state) = http_tls {
+            // Reloaded on SIGHUP with the MQTT listeners' certificates.
+            let mut states = broker.tls.to_vec();
+            states.push(state);
+            broker.tls = Arc::from(states);
         }
         broker.http = http;
         Ok(broker)
@@ -605,7 +612,7 @@ impl Broker {
         config.validate()?;
         let _ = crate::listener::prepare(config, None, &[])?;
         if let Some(http) = &config.http {
-            crate::http::tls_config(http)?;
+            crate::http::tls_state(http)?;
         }
         if let Some(path) = &config.acl_file {
             Acl::from_file(path)?;

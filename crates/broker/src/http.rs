@@ -29,7 +29,6 @@ use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -39,7 +38,7 @@ use crate::broker::Shared;
 use crate::config::{Config, HttpConfig};
 use crate::dashboard;
 use crate::listener::ListenerInfo;
-use crate::tls::{TlsError, TlsFiles};
+use crate::tls::{TlsError, TlsFiles, TlsState};
 
 /// HTTP connections served at once.
 pub(crate) const MAX_CONNECTIONS: usize = 32;
@@ -86,12 +85,12 @@ pub(crate) struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `http.bind` and starts serving (HTTPS with `tls`, from [`tls_config`]); `/ready`
+    /// Binds `http.bind` and starts serving (HTTPS with `tls`, from [`tls_state`]); `/ready`
     /// answers 503 until [`HttpServer::ready`].
     pub async fn start(
         http: &HttpConfig,
         config: &Config,
-        tls: Option<Arc<ServerConfig>>,
+        tls: Option<Arc<TlsState>>,
     ) -> std::io::Result<HttpServer> {
         let listener = TcpListener::bind(http.bind).await?;
         let local_addr = listener.local_addr()?;
@@ -112,8 +111,7 @@ impl HttpServer {
         });
         let stop = CancellationToken::new();
         let https = tls.is_some();
-        let acceptor = tls.map(TlsAcceptor::from);
-        let task = tokio::spawn(accept_loop(listener, acceptor, state.clone(), stop.clone()));
+        let task = tokio::spawn(accept_loop(listener, tls, state.clone(), stop.clone()));
         info!(addr = %local_addr, https, token = state.token.is_some(), "HTTP listener (metrics, health, admin API, dashboard at /)");
         Ok(HttpServer {
             state,
@@ -159,9 +157,9 @@ impl HttpServer {
     }
 }
 
-/// The TLS configuration of an HTTPS listener (`cert` and `key` set), read from its files;
-/// `None` for plain HTTP.
-pub(crate) fn tls_config(http: &HttpConfig) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+/// The TLS state of an HTTPS listener (`cert` and `key` set), its files read; `None` for
+/// plain HTTP. The broker reloads it with the other TLS listeners (SIGHUP).
+pub(crate) fn tls_state(http: &HttpConfig) -> Result<Option<Arc<TlsState>>, TlsError> {
     let (Some(cert), Some(key)) = (&http.cert, &http.key) else {
         return Ok(None);
     };
@@ -172,14 +170,12 @@ pub(crate) fn tls_config(http: &HttpConfig) -> Result<Option<Arc<ServerConfig>>,
         require_client_cert: false,
         crl: None,
     };
-    let mut config = (*crate::tls::server_config(&files)?).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(config)))
+    Ok(Some(Arc::new(TlsState::load(files)?)))
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<TlsState>>,
     state: Arc<HttpState>,
     stop: CancellationToken,
 ) {
@@ -202,7 +198,9 @@ async fn accept_loop(
                 }
             },
         };
-        let (state, stop, tls) = (state.clone(), stop.clone(), tls.clone());
+        // The configuration of the moment: a reload applies to new connections.
+        let tls = tls.as_ref().map(|t| TlsAcceptor::from(t.current()));
+        let (state, stop) = (state.clone(), stop.clone());
         tracker.spawn(async move {
             let _permit = permit;
             match tls {

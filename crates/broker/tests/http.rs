@@ -916,3 +916,45 @@ fn https_needs_both_cert_and_key() {
     let e = Broker::check_config(&config).unwrap_err().to_string();
     assert!(e.contains("/nonexistent.pem"), "{e}");
 }
+
+#[tokio::test]
+async fn https_certificate_is_reloaded_with_the_tls_listeners() {
+    let pki = common_tls::Pki::new("http-tls-reload");
+    let (cert, key) = (pki.path("http.pem"), pki.path("http.key"));
+    std::fs::copy(pki.path("server.pem"), &cert).unwrap();
+    std::fs::copy(pki.path("server.key"), &key).unwrap();
+    let http = HttpConfig::new(any_port()).tls(&cert, &key);
+    let broker = Broker::start(
+        Config::default()
+            .in_memory()
+            .listen([any_port()])
+            .http(http),
+    )
+    .await
+    .unwrap();
+    let addr = broker.http_addr().unwrap();
+    let old_ca = pki.client_config("ca.pem", None);
+    let new_ca = pki.client_config("other-ca.pem", None);
+    assert!(
+        https_get(addr, old_ca.clone(), "/health", None)
+            .await
+            .is_ok()
+    );
+    assert!(
+        https_get(addr, new_ca.clone(), "/health", None)
+            .await
+            .is_err()
+    );
+    // A certificate from another CA, as a renewal would bring; SIGHUP calls reload_tls.
+    std::fs::copy(pki.path("server2.pem"), &cert).unwrap();
+    std::fs::copy(pki.path("server2.key"), &key).unwrap();
+    assert_eq!(
+        broker.handle().reload_tls().unwrap(),
+        1,
+        "the HTTPS listener is reloaded"
+    );
+    let (status, _) = https_get(addr, new_ca, "/health", None).await.unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(https_get(addr, old_ca, "/health", None).await.is_err());
+    broker.shutdown().await;
+}
