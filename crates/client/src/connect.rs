@@ -76,6 +76,25 @@ async fn attempt(opts: &Options, connect: &Connect) -> Result<Established, Conne
         .await
         .map_err(io_err)?;
     tcp.set_nodelay(true).map_err(io_err)?;
+    if let Some(ws) = &opts.ws {
+        let ws_err = |e| ConnectError::Io {
+            addr: ws.url.clone(),
+            source: Arc::new(e),
+        };
+        let mut stream: crate::options::BoxedStream = match &opts.tls {
+            None => Box::new(crate::ws::handshake(ws, tcp).await.map_err(ws_err)?),
+            Some(tls) => {
+                let tls_stream = handshake(tls, tcp, &opts.addr).await?;
+                Box::new(crate::ws::handshake(ws, tls_stream).await.map_err(ws_err)?)
+            }
+        };
+        let (rbuf, connack) = exchange(&mut stream, &out, opts, version, auth).await?;
+        return Ok(Established {
+            stream: Stream::Boxed(stream),
+            rbuf,
+            connack,
+        });
+    }
     match &opts.tls {
         None => {
             let mut tcp = tcp;

@@ -71,6 +71,7 @@ mod options;
 mod reconnect;
 mod tls;
 mod transport;
+mod ws;
 
 pub use client::{Client, PendingPublish, State, Status};
 pub use error::{ClientError, ConnectError, ProtocolError, ReasonString};

@@ -399,8 +399,10 @@ pub trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin 
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> IoStream for T {}
 
 impl ClientBuilder {
-    /// A builder for the broker at `addr` (`host:port`; the port defaults to 1883, or 8883
-    /// with [`ClientBuilder::tls`]).
+    /// A builder for the broker at `addr`: `host:port` (the port defaults to 1883, or 8883
+    /// with [`ClientBuilder::tls`]), or a WebSocket URL, `ws://host[:port]/path` or
+    /// `wss://host[:port]/path` (ports 80 and 443 by default; `wss://` trusts the system's
+    /// CAs unless [`ClientBuilder::tls`] says otherwise).
     pub fn new(addr: impl Into<String>) -> Self {
         Self {
             addr: addr.into(),
@@ -690,16 +692,35 @@ impl ClientBuilder {
         } else {
             !connect.clean_start
         };
-        let default_port = if self.tls.is_some() {
-            DEFAULT_TLS_PORT
-        } else {
-            DEFAULT_PORT
+        let ws = crate::ws::WsUrl::parse(&self.addr)
+            .transpose()
+            .map_err(ConnectError::InvalidOptions)?;
+        let (addr, tls) = match &ws {
+            // wss:// trusts the system's CAs unless TLS options say otherwise.
+            Some(ws) if ws.secure => (
+                ws.addr.clone(),
+                Some(self.tls.unwrap_or_else(TlsOptions::system_roots)),
+            ),
+            Some(_) if self.tls.is_some() => {
+                return Err(ConnectError::InvalidOptions(
+                    "a ws:// address is plain WebSocket: use wss:// for TLS".into(),
+                ));
+            }
+            Some(ws) => (ws.addr.clone(), None),
+            None => {
+                let default_port = if self.tls.is_some() {
+                    DEFAULT_TLS_PORT
+                } else {
+                    DEFAULT_PORT
+                };
+                (normalize_addr(self.addr, default_port), self.tls)
+            }
         };
-        let addr = normalize_addr(self.addr, default_port);
-        let tls = self.tls.map(|t| t.load(&addr)).transpose()?;
+        let tls = tls.map(|t| t.load(&addr)).transpose()?;
         Ok(Options {
             addr,
             tls,
+            ws,
             scram,
             connect,
             persistent,
@@ -745,6 +766,8 @@ pub(crate) struct Options {
     pub addr: String,
     /// TLS, when on.
     pub tls: Option<Tls>,
+    /// MQTT over WebSocket (`ws://`, `wss://` addresses).
+    pub ws: Option<crate::ws::WsUrl>,
     /// SCRAM-SHA-256 credentials, when logging in with it.
     pub scram: Option<Scram>,
     /// The CONNECT of the first connection; reconnects adjust Clean Start and the client id.
