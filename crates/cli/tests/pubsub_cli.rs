@@ -600,3 +600,41 @@ fn connection_failures_exit_1() {
         assert!(got.stderr.is_empty(), "{}", got.stderr);
     }
 }
+
+/// `-h ws://...`: pub and sub over MQTT-over-WebSocket to a broker's `ws` listener.
+#[test]
+fn pub_and_sub_over_websocket() {
+    let (tcp, ws) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("sagitta-cli-ws-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = TempDir(dir.clone());
+    let config = dir.join("sagitta.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"127.0.0.1:{tcp}\"]\n[[listener]]\ntype = \"ws\"\n\
+             bind = \"127.0.0.1:{ws}\"\nallow_anonymous = true\n"
+        ),
+    )
+    .unwrap();
+    let _broker = Running::spawn(
+        sagitta("broker --memory --config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_up(ws);
+    let url = format!("ws://127.0.0.1:{ws}/mqtt");
+    let got = run(
+        &mut sagitta(&format!("pub -h {url} -t ws/cli -q 1 -r -m over-websocket")),
+        b"",
+    );
+    got.assert_ok("pub over ws");
+    let got = run(
+        &mut sagitta(&format!("sub -h {url} -t ws/cli -C 1 -W 10")),
+        b"",
+    );
+    got.assert_ok("sub over ws");
+    assert_eq!(got.stdout().trim_end(), "over-websocket");
+}

@@ -101,7 +101,8 @@ impl From<ConnectError> for Failure {
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Connection")]
 pub struct ConnArgs {
-    /// Broker host name or address.
+    /// Broker host name or address, or a WebSocket URL (`ws://host:port/path`,
+    /// `wss://host/path`; -p is then not used).
     #[arg(
         short = 'h',
         long = "host",
@@ -245,7 +246,10 @@ impl ConnArgs {
             Some(u) => (u.host.as_str(), u.port),
             None => (self.host.as_str(), self.port),
         };
-        let addr = if host.contains(':') && !host.starts_with('[') {
+        let websocket = url.is_none() && (host.starts_with("ws://") || host.starts_with("wss://"));
+        let addr = if websocket {
+            host.to_owned()
+        } else if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]:{port}")
         } else {
             format!("{host}:{port}")
