@@ -16,17 +16,16 @@
 mod common_dashboard;
 mod common_interop;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common_dashboard::{
-    TOKEN, client, connected, get_with_token, node_runs, required, screenshot_dir, script_dir,
+    Browser, TOKEN, client, connected, get_with_token, required, screenshot_dir,
 };
 use common_interop::{args, run_ok};
-use sagitta_broker::{BridgeConfig, Broker, Config, Direction, HttpConfig, TopicRule};
+use sagitta_broker::{BridgeConfig, Broker, Direction, TopicRule};
 use sagitta_client::QoS;
 use sagitta_proto::TopicName;
 
@@ -38,29 +37,15 @@ const FLOOD_RATE: u64 = 100_000;
 
 /// Where the browser and the script are, or why the test cannot run.
 fn prerequisites() -> Result<PathBuf, String> {
-    let dir = script_dir();
-    let chromium = std::env::var_os("SAGITTA_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    if !node_runs() {
-        return Err("`node` cannot be run (Debian: `apt-get install nodejs npm`)".into());
-    }
-    if !chromium.exists() {
-        return Err(format!(
-            "{} does not exist (Debian: `apt-get install chromium`)",
-            chromium.display()
-        ));
-    }
-    if !dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        return Err(format!(
-            "playwright-core is not installed: run `npm ci --prefix {}`",
-            dir.display()
-        ));
-    }
-    Ok(dir.join("e2e.js"))
+    common_dashboard::prerequisites(
+        &Browser {
+            env_var: "SAGITTA_CHROMIUM",
+            default: "/usr/bin/chromium",
+            debian: "chromium",
+            driver: "playwright-core",
+        },
+        "e2e.js",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,11 +54,7 @@ async fn the_dashboard_in_a_real_browser() {
         return;
     };
     let started = Instant::now();
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut http = HttpConfig::new(loopback);
-    http.token = Some(TOKEN.into());
-    let mut config = Config::default().in_memory().listen([loopback]).http(http);
-    config.sys_interval = 0;
+    let mut config = common_dashboard::dashboard_config();
     // A bridge whose remote never answers: the Bridges page shows it disconnected, with the
     // reason. Its local side is a connected session of the broker.
     config.bridges.push(

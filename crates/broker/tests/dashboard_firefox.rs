@@ -20,17 +20,16 @@
 mod common_dashboard;
 mod common_interop;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common_dashboard::{
-    TOKEN, client, connected, get_with_token, node_runs, required, screenshot_dir, script_dir,
+    Browser, TOKEN, client, connected, get_with_token, required, screenshot_dir,
 };
 use common_interop::{args, run_ok};
-use sagitta_broker::{Broker, Config, HttpConfig};
+use sagitta_broker::Broker;
 use sagitta_client::QoS;
 use sagitta_proto::TopicName;
 
@@ -39,29 +38,15 @@ const SCRIPT_LIMIT: Duration = Duration::from_secs(70);
 
 /// Where the browser and the script are, or why the test cannot run.
 fn prerequisites() -> Result<PathBuf, String> {
-    let dir = script_dir();
-    let firefox = std::env::var_os("SAGITTA_FIREFOX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/firefox-esr"));
-    if !node_runs() {
-        return Err("`node` cannot be run (Debian: `apt-get install nodejs npm`)".into());
-    }
-    if !firefox.exists() {
-        return Err(format!(
-            "{} does not exist (Debian: `apt-get install firefox-esr`)",
-            firefox.display()
-        ));
-    }
-    if !dir
-        .join("node_modules/puppeteer-core/package.json")
-        .exists()
-    {
-        return Err(format!(
-            "puppeteer-core is not installed: run `npm ci --prefix {}`",
-            dir.display()
-        ));
-    }
-    Ok(dir.join("firefox.js"))
+    common_dashboard::prerequisites(
+        &Browser {
+            env_var: "SAGITTA_FIREFOX",
+            default: "/usr/bin/firefox-esr",
+            debian: "firefox-esr",
+            driver: "puppeteer-core",
+        },
+        "firefox.js",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,11 +55,7 @@ async fn the_dashboard_in_firefox() {
         return;
     };
     let started = Instant::now();
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut http = HttpConfig::new(loopback);
-    http.token = Some(TOKEN.into());
-    let mut config = Config::default().in_memory().listen([loopback]).http(http);
-    config.sys_interval = 0;
+    let config = common_dashboard::dashboard_config();
     let broker = Broker::start(config).await.expect("broker starts");
     let mqtt = broker.local_addrs()[0];
     let dashboard = format!("http://{}/", broker.http_addr().expect("an HTTP listener"));

@@ -29,6 +29,56 @@ pub fn screenshot_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/dashboard")
 }
 
+/// A browser, how the tests find it: the path in `env_var`, else `default`, installed by the
+/// Debian package `debian`, and the npm package that drives it.
+pub struct Browser {
+    pub env_var: &'static str,
+    pub default: &'static str,
+    pub debian: &'static str,
+    pub driver: &'static str,
+}
+
+/// The path of `script` (in [`script_dir`]) if Node.js, the browser and its driver are
+/// there, or why the test cannot run.
+pub fn prerequisites(browser: &Browser, script: &str) -> Result<PathBuf, String> {
+    let dir = script_dir();
+    let path = std::env::var_os(browser.env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(browser.default));
+    if !node_runs() {
+        return Err("`node` cannot be run (Debian: `apt-get install nodejs npm`)".into());
+    }
+    if !path.exists() {
+        return Err(format!(
+            "{} does not exist (Debian: `apt-get install {}`)",
+            path.display(),
+            browser.debian
+        ));
+    }
+    let driver = format!("node_modules/{}/package.json", browser.driver);
+    if !dir.join(driver).exists() {
+        return Err(format!(
+            "{} is not installed: run `npm ci --prefix {}`",
+            browser.driver,
+            dir.display()
+        ));
+    }
+    Ok(dir.join(script))
+}
+
+/// The configuration of the browser tests' brokers: an MQTT listener and the HTTP listener
+/// with [`TOKEN`], on free loopback ports; no `$SYS` messages.
+pub fn dashboard_config() -> sagitta_broker::Config {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let http = sagitta_broker::HttpConfig::new(loopback).token(TOKEN);
+    let mut config = sagitta_broker::Config::default()
+        .in_memory()
+        .listen([loopback])
+        .http(http);
+    config.sys_interval = 0;
+    config
+}
+
 /// Whether `node` can be run at all.
 pub fn node_runs() -> bool {
     std::process::Command::new("node")
