@@ -440,6 +440,9 @@ pub(crate) async fn delete_retained(shared: &Shared, topic: &str) -> ApiResult {
             "no retained message on {topic:?}"
         )));
     }
+    if let Some(link) = &shared.cluster {
+        link.retained_deleted(t.as_str());
+    }
     tracing::info!(topic, "retained message deleted by an operator");
     durable(shared).await?;
     Ok(json!({ "topic": topic, "deleted": true }))
@@ -805,6 +808,9 @@ pub(crate) fn metrics_text(shared: &Shared) -> String {
             "1 once a store write has failed (persistence stopped).",
             u64::from(store.failed()),
         );
+    }
+    for (name, kind, help, value) in crate::cluster::metrics(shared) {
+        out.one(name, kind, help, value);
     }
     for (name, kind, help, values) in crate::bridge::metric_families(shared) {
         out.labelled(name, kind, help, "bridge", values);

@@ -62,7 +62,7 @@ impl RouterBench {
     /// Matches `topic` as a publish would: how many sessions get it.
     pub fn route(&mut self, topic: &str) -> usize {
         self.out.clear();
-        self.router.route(topic, None, &mut self.out, || ());
+        self.router.route(topic, None, true, &mut self.out, || ());
         self.out.len()
     }
 }

@@ -57,6 +57,9 @@ pub enum BrokerError {
     /// do).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The `[cluster]` NATS servers cannot be reached or refuse the cluster's buckets.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// State shared by every task of one broker.
@@ -77,6 +80,8 @@ pub(crate) struct Shared {
     pub started: Instant,
     /// The bridges' status, in configuration order.
     pub bridges: Vec<Arc<crate::bridge::BridgeState>>,
+    /// The link to the other nodes of the cluster (`[cluster]`).
+    pub cluster: Option<Arc<crate::cluster::Link>>,
     next_conn_id: AtomicU64,
     /// `max_connection_rate`: the bucket, and when a refusal was last logged.
     connect_rate: Option<std::sync::Mutex<(TokenBucket, Option<Instant>)>>,
@@ -109,16 +114,67 @@ impl Shared {
         false
     }
 
-    /// Routes a message to every matching session and stores it if retained. `targets` is
-    /// scratch space (kept to reuse).
+    /// Routes a message from this node (a client, a will, `$SYS`, the admin API) to every
+    /// matching session, stores it if retained, and in a cluster hands it to the other nodes
+    /// (all but `$SYS` messages). `targets` is scratch space (kept to reuse).
     pub fn publish(&self, msg: Arc<Message>, targets: &mut Vec<Target>) -> Routed {
+        let cluster = self
+            .cluster
+            .as_ref()
+            .filter(|_| !msg.topic.starts_with("$SYS"));
+        let mut routed = self.route(&msg, targets, cluster.is_none(), true);
+        if let Some(link) = cluster {
+            link.forward(&msg);
+            routed.forwarded = true;
+        }
+        routed
+    }
+
+    /// Routes a message another node of the cluster received to this node's sessions (not
+    /// to shared groups, whose messages come their own way; its retained state comes through
+    /// the cluster's bucket).
+    pub fn route_remote(&self, msg: Arc<Message>, targets: &mut Vec<Target>) {
+        let routed = self.route(&msg, targets, false, false);
+        drop(routed.group);
+    }
+
+    /// Gives a message of shared subscription `$share/<group>/<filter>` to one member on this
+    /// node (NATS chose this node). False if there is no member left here.
+    pub fn deliver_shared(&self, msg: Arc<Message>, group: &str, filter: &str) -> bool {
         self.live.taps.offer(&msg);
+        let Some(t) = self.router.pick_member(filter, group) else {
+            return false;
+        };
+        if self.may_receive(&t.session, &msg.topic) {
+            let mut hold = BodyHold::default();
+            let delivery = Delivery {
+                msg: msg.clone(),
+                qos: msg.qos.min(t.qos),
+                retain: false,
+                sub_ids: t.sub_ids,
+                seq: 0,
+                timed: msg.received_at.is_some(),
+            };
+            self.offer(&t.session, delivery, &mut hold);
+            drop(self.let_go(&msg, hold));
+        }
+        true
+    }
+
+    fn route(
+        &self,
+        msg: &Arc<Message>,
+        targets: &mut Vec<Target>,
+        groups: bool,
+        retain: bool,
+    ) -> Routed {
+        self.live.taps.offer(msg);
         targets.clear();
         let mut routed = Routed::default();
         let mut hold = BodyHold::default();
         self.router
-            .route(&msg.topic, msg.origin.as_deref(), targets, || {
-                if msg.retain && self.config.retain_available {
+            .route(&msg.topic, msg.origin.as_deref(), groups, targets, || {
+                if retain && msg.retain && self.config.retain_available {
                     if let Some(store) = &self.store {
                         hold.group.get_or_insert_with(|| store.group());
                     }
@@ -146,7 +202,7 @@ impl Shared {
             }
         }
         routed.stored |= hold.stored;
-        routed.group = self.let_go(&msg, hold);
+        routed.group = self.let_go(msg, hold);
         routed
     }
 
@@ -312,6 +368,8 @@ pub(crate) struct BodyHold {
 pub(crate) struct Routed {
     /// Sessions it was queued for.
     pub queued: usize,
+    /// Whether it went to the other nodes of the cluster too.
+    pub forwarded: bool,
     /// Whether it was written to the store (for a persistent session, or retained).
     pub stored: bool,
     /// The store group of its writes, if any.
@@ -410,14 +468,21 @@ impl BrokerBuilder {
         };
         // The state comes back before the listeners open: no client sees a half-restored
         // broker.
+        // Joined before the state comes back, so that restored subscriptions are
+        // subscribed on NATS too.
+        let cluster = match &self.config.cluster {
+            Some(c) => Some(crate::cluster::Link::connect(c, CLUSTER_JOIN_WAIT).await?),
+            None => None,
+        };
         let (store, snapshot) = store.unzip();
-        let shared = Broker::shared(self.config, store, acl);
+        let shared = Broker::shared(self.config, store, acl, cluster);
         if let Some(h) = &http {
             h.attach(shared.clone());
         }
         if let Some(snapshot) = snapshot {
             crate::store::restore(&shared, snapshot);
         }
+        crate::cluster::start(&shared, CLUSTER_JOIN_WAIT).await;
         let mut bound = Vec::new();
         for p in prepared {
             match listen(p.bind) {
@@ -454,6 +519,9 @@ impl BrokerBuilder {
         Ok(broker)
     }
 }
+
+/// How long a starting node tries to reach NATS and load the cluster's retained messages.
+const CLUSTER_JOIN_WAIT: Duration = Duration::from_secs(15);
 
 /// Pending connections the kernel may queue per listener before the broker accepts them
 /// (capped by `net.core.somaxconn`). Larger than tokio's 1024 so that a reconnect storm of
@@ -589,7 +657,7 @@ impl Broker {
             source,
         })?;
         let config = Config::default().listen([local]).in_memory();
-        let shared = Self::shared(config, None, None);
+        let shared = Self::shared(config, None, None, None);
         let info = Listener::open_tcp(local);
         let mut broker = Broker {
             shared,
@@ -639,6 +707,7 @@ impl Broker {
         config: Config,
         store: Option<Store>,
         acl: Option<Box<dyn Authorizer>>,
+        cluster: Option<Arc<crate::cluster::Link>>,
     ) -> Arc<Shared> {
         let rate = config.max_connection_rate;
         let connect_rate = (rate > 0).then(|| {
@@ -654,7 +723,8 @@ impl Broker {
             config,
             store,
             acl,
-            router: Router::default(),
+            router: Router::with_interest(cluster.as_ref().map(|c| c.interest_sender())),
+            cluster,
             retained: RetainStore::default(),
             sessions: Sessions::default(),
             metrics: Metrics::default(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::bridge::config::{BridgeConfig, BridgeProtocol, Direction, TopicRule};
+pub use crate::cluster::ClusterConfig;
 use crate::store::SyncMode;
 use crate::tls::TlsFiles;
 
@@ -392,6 +393,9 @@ pub struct Config {
     /// Bridges to other MQTT brokers (`[[bridge]]` tables). None by default.
     #[serde(rename = "bridge")]
     pub bridges: Vec<BridgeConfig>,
+    /// Cluster mode (`[cluster]` table): this node's name and the NATS servers the cluster
+    /// runs on. Absent by default: a single node that never talks to NATS.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The `[http]` table: where the operators' HTTP listener binds, and the bearer token its
@@ -491,6 +495,7 @@ impl Default for Config {
             sync_interval_ms: 100,
             http: None,
             bridges: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -610,6 +615,10 @@ impl Config {
         }
         for (i, l) in self.listeners.iter().enumerate() {
             self.validate_listener(i + 1, l, true)?;
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()
+                .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         }
         self.validate_bridges()
     }

@@ -1282,7 +1282,8 @@ impl<S: Transport> Conn<S> {
             let mut targets = TARGETS.take();
             let routed = self.shared.publish(Arc::new(msg), &mut targets);
             TARGETS.set(targets);
-            matched = routed.queued;
+            // In a cluster, subscribers elsewhere are not counted: 0 says nothing.
+            matched = routed.queued + usize::from(routed.forwarded);
             stored = routed.stored;
             _group = routed.group;
         }
@@ -1293,6 +1294,11 @@ impl<S: Transport> Conn<S> {
         }
         if v5 && reason == ReasonCode::Success && deliver && matched == 0 {
             reason = ReasonCode::NoMatchingSubscribers;
+        }
+        if self.shared.cluster.as_ref().is_some_and(|c| c.backlogged()) {
+            // NATS takes messages slower than clients send them: slow the client down
+            // rather than queue without bound.
+            self.paused_until = Some(Instant::now() + STORE_BACKOFF);
         }
         if stored
             && p.qos == QoS::AtMostOnce

@@ -184,7 +184,7 @@ mod tests {
         use crate::admin::{ClientSort, Page, list_clients};
         use crate::session::{ClientInfo, SessionEntry};
         use std::sync::Arc;
-        let shared = crate::broker::Broker::shared(Config::default().in_memory(), None, None);
+        let shared = crate::broker::Broker::shared(Config::default().in_memory(), None, None, None);
         for i in 0..100_000u32 {
             let e = SessionEntry::new(format!("device-{i:06}").into(), 100);
             e.set_info(ClientInfo {

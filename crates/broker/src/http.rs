@@ -332,6 +332,7 @@ enum Route {
     /// A file of the dashboard.
     Dashboard,
     Bridges,
+    Cluster,
 }
 
 impl Route {
@@ -359,6 +360,7 @@ impl Route {
             (Some("config"), None) => Route::Config,
             (Some("live"), None) => Route::Live,
             (Some("bridges"), None) => Route::Bridges,
+            (Some("cluster"), None) => Route::Cluster,
             _ => return Err(not_found()),
         };
         Ok(route)
@@ -604,6 +606,7 @@ async fn api(
             json_response(200, &v)
         }
         Route::Bridges => json_response(200, &crate::bridge::status_json(shared)),
+        Route::Cluster => json_response(200, &crate::cluster::status_json(shared)),
         Route::Health | Route::Ready | Route::Dashboard | Route::Live => {
             error(ApiError::not_found("no such endpoint"))
         }

@@ -49,6 +49,7 @@ pub mod auth;
 pub mod bench_support;
 pub mod bridge;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 mod connection;
 mod dashboard;
@@ -73,9 +74,10 @@ pub use acl::{Acl, AclError, Action, Authorizer};
 pub use auth::{AllowAll, AuthExchange, AuthMethod, AuthStep, Authenticator, ConnectInfo};
 pub use bridge::BridgeStatus;
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
+pub use cluster::ClusterError;
 pub use config::{
-    BridgeConfig, BridgeProtocol, Config, ConfigError, Direction, HttpConfig, ListenerConfig,
-    ListenerKind, TopicRule,
+    BridgeConfig, BridgeProtocol, ClusterConfig, Config, ConfigError, Direction, HttpConfig,
+    ListenerConfig, ListenerKind, TopicRule,
 };
 pub use listener::ListenerInfo;
 pub use message::Message;

@@ -7,6 +7,9 @@ use std::sync::{Arc, RwLock};
 
 use sagitta_proto::{QoS, SubscriptionId, SubscriptionOptions, TopicFilter};
 
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::cluster::{Interest, Key};
 use crate::message::{ClientId, FastMap};
 use crate::session::SessionEntry;
 
@@ -71,9 +74,26 @@ pub(crate) struct SubscriptionInfo {
 pub(crate) struct Router {
     root: RwLock<Node>,
     count: AtomicUsize,
+    /// In a cluster: where subscriptions added and removed are reported, for the node's
+    /// NATS subscriptions.
+    interest: Option<UnboundedSender<Interest>>,
 }
 
 impl Router {
+    /// A router that reports every subscription added and removed to `interest`.
+    pub fn with_interest(interest: Option<UnboundedSender<Interest>>) -> Self {
+        Self {
+            interest,
+            ..Self::default()
+        }
+    }
+
+    fn report(&self, filter: &TopicFilter, change: fn(Key) -> Interest) {
+        if let (Some(tx), Some(key)) = (&self.interest, Key::of(filter)) {
+            let _ = tx.send(change(key));
+        }
+    }
+
     /// Adds or replaces `session`'s subscription to `filter`. Returns true if it existed.
     #[cfg(test)]
     pub fn subscribe(
@@ -134,6 +154,7 @@ impl Router {
         if !existed {
             self.count.fetch_add(1, Ordering::Relaxed);
             session.routes.fetch_add(1, Ordering::Relaxed);
+            self.report(filter, Interest::Add);
         }
         then(existed)
     }
@@ -146,6 +167,7 @@ impl Router {
         let removed = remove(&mut root, &levels, client_id, group);
         if removed {
             self.count.fetch_sub(1, Ordering::Relaxed);
+            self.report(filter, Interest::Remove);
         }
         removed
     }
@@ -170,11 +192,13 @@ impl Router {
     /// merged into one target at the highest QoS with all their Subscription Identifiers;
     /// each shared group contributes one member. `origin` is the publisher, for No Local.
     /// `under_lock` runs first, under the read lock (the retained store is updated there, so
-    /// that it and the routing are one step for a concurrent subscribe).
+    /// that it and the routing are one step for a concurrent subscribe). Without `groups`,
+    /// shared groups are left out (in a cluster, NATS picks the node that picks a member).
     pub fn route(
         &self,
         topic: &str,
         origin: Option<&str>,
+        groups: bool,
         out: &mut Vec<Target>,
         under_lock: impl FnOnce(),
     ) {
@@ -187,7 +211,20 @@ impl Router {
         // write lock.
         merge(out);
         drop(root);
-        out.append(&mut shared);
+        if groups {
+            out.append(&mut shared);
+        }
+    }
+
+    /// One member of shared group `group` on `filter` (the filter without `$share/`), picked
+    /// as [`Router::route`] picks; `None` if the group has no member here.
+    pub fn pick_member(&self, filter: &str, group: &str) -> Option<Target> {
+        let root = self.root.read().unwrap_or_else(|e| e.into_inner());
+        let mut node = &*root;
+        for level in filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.groups.get(group).and_then(pick).map(Target::from_sub)
     }
 }
 
@@ -378,7 +415,7 @@ mod tests {
 
     fn route(r: &Router, topic: &str, origin: Option<&str>) -> Vec<(String, QoS, Vec<u32>)> {
         let mut out = Vec::new();
-        r.route(topic, origin, &mut out, || {});
+        r.route(topic, origin, true, &mut out, || {});
         let mut v: Vec<_> = out
             .into_iter()
             .map(|t| {

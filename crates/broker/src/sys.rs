@@ -160,6 +160,7 @@ impl Sys {
             }
         }
         values.extend(crate::bridge::sys_values(shared));
+        values.extend(crate::cluster::sys_values(shared));
         Snapshot { values }
     }
 }

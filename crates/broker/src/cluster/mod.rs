@@ -1,0 +1,1096 @@
+//! Cluster mode: several Sagitta nodes that behave as one broker, on NATS (JetStream).
+//!
+//! Each node stays a whole MQTT broker; NATS carries what crosses nodes:
+//!
+//! - Messages: a PUBLISH received from a local client is routed to the node's own
+//!   subscribers at once and published on NATS to `<cluster>.m.<topic tokens>` (see
+//!   [`subject`]). A node subscribes on NATS only to the filters its own sessions hold,
+//!   counted so that the first subscription of a filter subscribes and the last
+//!   unsubscription unsubscribes. The publishing connection does not get its own messages
+//!   back (NATS `no_echo`). One node's messages come from one NATS connection, in order;
+//!   a message that matches several of a node's subjects (`a/+` and `a/#`) arrives once per
+//!   subject and is routed once: messages carry their node's instance and a sequence
+//!   number, and a window of recent numbers per instance drops the repeats.
+//! - Shared subscriptions: the publishing node does not pick a member of a shared group
+//!   itself. Every node with members of `$share/<g>/<f>` subscribes to `<f>`'s subjects in a
+//!   NATS queue group named after `(g, f)`, on a second connection (which does get the
+//!   node's own messages), so that NATS hands each message to one node of the whole cluster,
+//!   which gives it to one of its members.
+//! - Retained messages: a JetStream key-value bucket `<cluster>_retained`, one key per topic
+//!   (the topic's tokens), written by the node that received the PUBLISH, watched by every
+//!   node into its own retained store.
+//! - Membership: the bucket `<cluster>_nodes`, where each node writes a heartbeat; entries
+//!   older than the bucket's age limit disappear.
+//! - `$SYS` topics stay on their node: each node reports its own.
+
+pub(crate) mod config;
+mod subject;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::broker::Shared;
+use crate::message::Message;
+use crate::store::record::{decode_message, encode_message};
+pub use config::ClusterConfig;
+
+/// Why the broker cannot join its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No NATS server could be reached, or one refused the connection.
+    #[error("cannot connect to the NATS servers {servers}: {message}")]
+    Connect {
+        /// The configured servers.
+        servers: String,
+        /// The last error.
+        message: String,
+    },
+    /// JetStream is not available or refused to create or open a bucket.
+    #[error("cannot open the JetStream bucket {bucket}: {message}")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// The error.
+        message: String,
+    },
+}
+
+/// A change of the filters this node's sessions hold, for the NATS subscriptions.
+#[derive(Debug)]
+pub(crate) enum Interest {
+    /// A session subscribed to a filter.
+    Add(Key),
+    /// A session's subscription to a filter is gone.
+    Remove(Key),
+}
+
+/// What a node subscribes to on NATS: a plain filter, or a shared group's filter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Key {
+    /// A filter (without `$share/`).
+    Plain(Box<str>),
+    /// A shared subscription: group and filter.
+    Group(Box<str>, Box<str>),
+}
+
+impl Key {
+    /// The key of a router subscription, or `None` for a filter that never matches a
+    /// forwarded message (`$SYS/...`, which stays on its node).
+    pub fn of(filter: &sagitta_proto::TopicFilter) -> Option<Key> {
+        let plain = filter.match_filter();
+        if plain.starts_with("$SYS") {
+            return None;
+        }
+        Some(match filter.shared() {
+            Some(s) => Key::Group(s.group.into(), plain.into()),
+            None => Key::Plain(plain.into()),
+        })
+    }
+}
+
+/// The wire format's version byte: instance (u64), sequence (u64), then the message as the
+/// store encodes it.
+const WIRE_VERSION: u8 = 1;
+
+/// Messages forwarded but not yet handed to NATS beyond which publishers are slowed down.
+const BACKLOG_LIMIT: usize = 100_000;
+
+/// Sequence numbers remembered per sending instance, for dropping repeats.
+const WINDOW_BITS: u64 = 1 << 16;
+
+/// Counters of the cluster link, for `$SYS`, `/metrics` and the admin API.
+#[derive(Debug, Default)]
+struct Stats {
+    sent: AtomicU64,
+    received: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    duplicates: AtomicU64,
+    publish_errors: AtomicU64,
+    group_misses: AtomicU64,
+    subjects: AtomicUsize,
+}
+
+/// A cluster member as this node last saw its heartbeat.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub(crate) struct Member {
+    /// Node name.
+    pub node: String,
+    /// Random id of the node's process (changes at each start).
+    pub instance: u64,
+    /// Unix time the node started, in seconds.
+    pub started: u64,
+    /// Its version.
+    pub version: String,
+    /// Its connected clients.
+    pub clients: u64,
+}
+
+/// The node's link to the cluster, shared by its connections.
+pub(crate) struct Link {
+    config: ClusterConfig,
+    instance: u64,
+    started: u64,
+    /// Publishes and plain subscriptions (`no_echo`), JetStream.
+    data: async_nats::Client,
+    /// Queue subscriptions of shared groups.
+    share: async_nats::Client,
+    retained_kv: kv::Store,
+    nodes_kv: kv::Store,
+    /// `<cluster>.m`.
+    prefix: String,
+    seq: AtomicU64,
+    backlog: AtomicUsize,
+    out: mpsc::UnboundedSender<Arc<Message>>,
+    retained_out: mpsc::UnboundedSender<RetainedOp>,
+    interest: mpsc::UnboundedSender<Interest>,
+    receivers: Mutex<Option<Receivers>>,
+    stats: Stats,
+    members: Mutex<BTreeMap<String, (Member, Instant)>>,
+}
+
+struct Receivers {
+    out: mpsc::UnboundedReceiver<Arc<Message>>,
+    retained: mpsc::UnboundedReceiver<RetainedOp>,
+    interest: mpsc::UnboundedReceiver<Interest>,
+}
+
+/// A change of a retained message for the cluster's bucket.
+enum RetainedOp {
+    Set(Arc<Message>),
+    Delete(String),
+}
+
+impl Link {
+    /// Connects to NATS and opens the cluster's buckets (creating them if needed). Tries for
+    /// up to `wait` (NATS servers and JetStream may be starting too).
+    pub async fn connect(
+        config: &ClusterConfig,
+        wait: Duration,
+    ) -> Result<Arc<Link>, ClusterError> {
+        let deadline = Instant::now() + wait;
+        let servers = config.servers.join(", ");
+        let (data, share) = loop {
+            let attempt = async {
+                let data = options(config, "data")
+                    .no_echo()
+                    .connect(config.servers.as_slice())
+                    .await?;
+                let share = options(config, "share")
+                    .connect(config.servers.as_slice())
+                    .await?;
+                Ok::<_, async_nats::ConnectError>((data, share))
+            };
+            match attempt.await {
+                Ok(pair) => break pair,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(ClusterError::Connect {
+                        servers,
+                        message: e.to_string(),
+                    });
+                }
+                Err(e) => {
+                    debug!(error = %e, "cluster: NATS not reachable yet, retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
+        let js = jetstream::new(data.clone());
+        let retained_kv = bucket(
+            &js,
+            &format!("{}_retained", config.name),
+            config.replicas,
+            Duration::ZERO,
+            deadline,
+        )
+        .await?;
+        let nodes_kv = bucket(
+            &js,
+            &format!("{}_nodes", config.name),
+            config.replicas,
+            config.heartbeat() * 3,
+            deadline,
+        )
+        .await?;
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let (retained_out, retained_rx) = mpsc::unbounded_channel();
+        let (interest, interest_rx) = mpsc::unbounded_channel();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(Arc::new(Link {
+            config: config.clone(),
+            instance: rand::random::<u64>() | 1,
+            started: now.as_secs(),
+            data,
+            share,
+            retained_kv,
+            nodes_kv,
+            prefix: format!("{}.m", config.name),
+            seq: AtomicU64::new(0),
+            backlog: AtomicUsize::new(0),
+            out,
+            retained_out,
+            interest,
+            receivers: Mutex::new(Some(Receivers {
+                out: out_rx,
+                retained: retained_rx,
+                interest: interest_rx,
+            })),
+            stats: Stats::default(),
+            members: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    /// The sender the router reports subscription changes to.
+    pub fn interest_sender(&self) -> mpsc::UnboundedSender<Interest> {
+        self.interest.clone()
+    }
+
+    /// Hands a message received from a local client to the other nodes (and its retained
+    /// state to the bucket). Never waits; see [`Link::backlogged`].
+    pub fn forward(&self, msg: &Arc<Message>) {
+        if msg.retain {
+            let _ = self.retained_out.send(RetainedOp::Set(msg.clone()));
+        }
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        if self.out.send(msg.clone()).is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Deletes a retained message cluster-wide (the admin API's delete).
+    pub fn retained_deleted(&self, topic: &str) {
+        let _ = self.retained_out.send(RetainedOp::Delete(topic.to_owned()));
+    }
+
+    /// Whether so many messages wait for NATS that publishers should slow down.
+    pub fn backlogged(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed) > BACKLOG_LIMIT
+    }
+
+    /// Whether the data connection to NATS is up.
+    pub fn connected(&self) -> bool {
+        self.data.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The live members (this node included once its first heartbeat is back), by name.
+    pub fn members(&self) -> Vec<Member> {
+        let limit = self.config.heartbeat() * 3;
+        let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        members
+            .values()
+            .filter(|(_, seen)| seen.elapsed() <= limit)
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    /// The status for `$SYS`, metrics and the admin API.
+    pub fn status(&self) -> ClusterStatus {
+        let s = &self.stats;
+        ClusterStatus {
+            node: self.config.node.clone(),
+            name: self.config.name.clone(),
+            connected: self.connected(),
+            server: server_name(&self.data),
+            nodes: self.members().into_iter().map(|m| m.node).collect(),
+            messages_sent: s.sent.load(Ordering::Relaxed),
+            messages_received: s.received.load(Ordering::Relaxed),
+            bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: s.bytes_received.load(Ordering::Relaxed),
+            duplicates_dropped: s.duplicates.load(Ordering::Relaxed),
+            publish_errors: s.publish_errors.load(Ordering::Relaxed),
+            shared_misses: s.group_misses.load(Ordering::Relaxed),
+            subjects: s.subjects.load(Ordering::Relaxed) as u64,
+            backlog: self.backlog.load(Ordering::Relaxed) as u64,
+        }
+    }
+}
+
+/// What `$SYS/broker/cluster/...`, the `sagitta_cluster_*` metrics and
+/// `GET /api/v1/cluster` show.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ClusterStatus {
+    pub node: String,
+    pub name: String,
+    pub connected: bool,
+    pub server: String,
+    pub nodes: Vec<String>,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub duplicates_dropped: u64,
+    pub publish_errors: u64,
+    pub shared_misses: u64,
+    pub subjects: u64,
+    pub backlog: u64,
+}
+
+/// The NATS server a client is connected to, as `name (host:port)`.
+fn server_name(client: &async_nats::Client) -> String {
+    let info = client.server_info();
+    format!("{} ({}:{})", info.server_name, info.host, info.port)
+}
+
+fn options(config: &ClusterConfig, role: &str) -> async_nats::ConnectOptions {
+    let mut o = async_nats::ConnectOptions::new()
+        .name(format!("sagitta {} {}", config.node, role))
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None::<usize>)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100 * attempts as u64).min(2000))
+        });
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        o = o.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.token {
+        o = o.token(token.clone());
+    }
+    if let Some(ca) = &config.ca_file {
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
+        o = o.add_client_certificate(cert.clone(), key.clone());
+    }
+    o
+}
+
+/// Opens key-value bucket `name`, creating its stream first if needed. (The stream is
+/// created by hand, as a KV bucket's stream: the client's own bucket creation first asks
+/// for account details in a form nats-server 2.9 does not give.)
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+    max_age: Duration,
+    deadline: Instant,
+) -> Result<kv::Store, ClusterError> {
+    let config = stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        duplicate_window: if max_age.is_zero() {
+            Duration::from_secs(120)
+        } else {
+            max_age.min(Duration::from_secs(120))
+        },
+        discard: stream::DiscardPolicy::New,
+        allow_direct: true,
+        deny_delete: true,
+        allow_rollup: true,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    loop {
+        let attempt = async {
+            js.get_or_create_stream(config.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            js.get_key_value(name).await.map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(store) => return Ok(store),
+            Err(message) if Instant::now() >= deadline => {
+                return Err(ClusterError::Bucket {
+                    bucket: name.to_owned(),
+                    message,
+                });
+            }
+            Err(message) => {
+                debug!(bucket = name, %message, "cluster: JetStream not ready yet, retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// Starts the link's tasks for `shared` (which holds it): forwarding, NATS subscriptions,
+/// delivery of what arrives, the retained bucket and the heartbeat. Returns once the
+/// retained messages already in the cluster are in the node's store (or after `wait`).
+pub(crate) async fn start(shared: &Arc<Shared>, wait: Duration) {
+    let Some(link) = shared.cluster.clone() else {
+        return;
+    };
+    let taken = link
+        .receivers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let Some(rx) = taken else {
+        return;
+    };
+    let (inbound, inbound_rx) = mpsc::unbounded_channel();
+    let cancel = shared.shutdown.clone();
+    let tracker = &shared.tracker;
+    tracker.spawn(forward_loop(link.clone(), rx.out, cancel.clone()));
+    tracker.spawn(retained_writer(link.clone(), rx.retained, cancel.clone()));
+    tracker.spawn(interest_loop(
+        link.clone(),
+        rx.interest,
+        inbound,
+        cancel.clone(),
+    ));
+    tracker.spawn(deliver_loop(shared.clone(), link.clone(), inbound_rx));
+    tracker.spawn(heartbeat_loop(shared.clone(), link.clone()));
+    tracker.spawn(members_loop(link.clone(), cancel.clone()));
+    // The retained messages already in the cluster come first: no client of this node sees
+    // a partial set.
+    let (loaded_tx, loaded_rx) = oneshot::channel();
+    tracker.spawn(retained_watch(shared.clone(), link.clone(), loaded_tx));
+    if tokio::time::timeout(wait, loaded_rx).await.is_err() {
+        warn!("cluster: the retained messages are still loading; serving meanwhile");
+    }
+    info!(
+        node = %link.config.node,
+        cluster = %link.config.name,
+        server = %server_name(&link.data),
+        "cluster: joined"
+    );
+}
+
+async fn forward_loop(
+    link: Arc<Link>,
+    mut rx: mpsc::UnboundedReceiver<Arc<Message>>,
+    cancel: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(256);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut last_error: Option<Instant> = None;
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => n,
+            _ = cancel.cancelled() => break,
+        };
+        if n == 0 {
+            break;
+        }
+        for msg in batch.drain(..) {
+            let seq = link.seq.fetch_add(1, Ordering::Relaxed) + 1;
+            buf.put_u8(WIRE_VERSION);
+            buf.put_u64(link.instance);
+            buf.put_u64(seq);
+            encode_message(&msg, &mut buf);
+            let payload = buf.split().freeze();
+            let len = payload.len() as u64;
+            let subject = subject::topic_subject(&link.prefix, &msg.topic);
+            match link.data.publish(subject, payload).await {
+                Ok(()) => {
+                    link.stats.sent.fetch_add(1, Ordering::Relaxed);
+                    link.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    link.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                    if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                        last_error = Some(Instant::now());
+                        warn!(error = %e, "cluster: a message could not be handed to NATS");
+                    }
+                }
+            }
+            link.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn retained_writer(
+    link: Arc<Link>,
+    mut rx: mpsc::UnboundedReceiver<RetainedOp>,
+    cancel: CancellationToken,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        let op = tokio::select! {
+            op = rx.recv() => op,
+            _ = cancel.cancelled() => break,
+        };
+        let Some(op) = op else { break };
+        let (topic, result) = match op {
+            RetainedOp::Set(msg) if !msg.payload.is_empty() => {
+                encode_message(&msg, &mut buf);
+                let key = subject::topic_tokens(&msg.topic);
+                let value = buf.split().freeze();
+                let r = link.retained_kv.put(key, value).await.map(|_| ());
+                (msg.topic.to_string(), r.map_err(|e| e.to_string()))
+            }
+            RetainedOp::Set(msg) => {
+                let key = subject::topic_tokens(&msg.topic);
+                let r = link.retained_kv.delete(key).await;
+                (msg.topic.to_string(), r.map_err(|e| e.to_string()))
+            }
+            RetainedOp::Delete(topic) => {
+                let key = subject::topic_tokens(&topic);
+                let r = link.retained_kv.delete(key).await;
+                (topic, r.map_err(|e| e.to_string()))
+            }
+        };
+        if let Err(error) = result {
+            warn!(%topic, %error, "cluster: the retained message could not be written to the bucket");
+        }
+    }
+}
+
+/// A message from NATS, with the subscription it came through.
+struct Inbound {
+    payload: Bytes,
+    via: Arc<Key>,
+}
+
+async fn interest_loop(
+    link: Arc<Link>,
+    mut rx: mpsc::UnboundedReceiver<Interest>,
+    inbound: mpsc::UnboundedSender<Inbound>,
+    cancel: CancellationToken,
+) {
+    let mut held: HashMap<Key, (usize, CancellationToken)> = HashMap::new();
+    loop {
+        let change = tokio::select! {
+            c = rx.recv() => c,
+            _ = cancel.cancelled() => break,
+        };
+        let Some(change) = change else { break };
+        match change {
+            Interest::Add(key) => {
+                if let Some((count, _)) = held.get_mut(&key) {
+                    *count += 1;
+                    continue;
+                }
+                let stop = cancel.child_token();
+                let subjects = subscribe(&link, &key, &inbound, &stop).await;
+                link.stats.subjects.fetch_add(subjects, Ordering::Relaxed);
+                held.insert(key, (1, stop));
+            }
+            Interest::Remove(key) => {
+                let Some((count, _)) = held.get_mut(&key) else {
+                    continue;
+                };
+                *count -= 1;
+                if *count == 0
+                    && let Some((_, stop)) = held.remove(&key)
+                {
+                    stop.cancel();
+                }
+            }
+        }
+    }
+}
+
+/// Subscribes to `key`'s subjects, each pumped into `inbound` by a task of its own until
+/// `stop`. Returns how many subjects.
+async fn subscribe(
+    link: &Arc<Link>,
+    key: &Key,
+    inbound: &mpsc::UnboundedSender<Inbound>,
+    stop: &CancellationToken,
+) -> usize {
+    let (filter, queue) = match key {
+        Key::Plain(f) => (f, None),
+        Key::Group(g, f) => (f, Some(queue_name(g, f))),
+    };
+    let subjects = subject::filter_subjects(&link.prefix, filter);
+    let via = Arc::new(key.clone());
+    let mut n = 0;
+    for s in subjects {
+        let sub = match &queue {
+            None => link.data.subscribe(s.clone()).await,
+            Some(q) => link.share.queue_subscribe(s.clone(), q.clone()).await,
+        };
+        let mut sub = match sub {
+            Ok(sub) => sub,
+            Err(e) => {
+                warn!(subject = %s, error = %e, "cluster: cannot subscribe on NATS");
+                continue;
+            }
+        };
+        n += 1;
+        let (inbound, via, stop, link) = (inbound.clone(), via.clone(), stop.clone(), link.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    m = sub.next() => match m {
+                        Some(m) => {
+                            if inbound.send(Inbound { payload: m.payload, via: via.clone() }).is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = stop.cancelled() => {
+                        let _ = sub.unsubscribe().await;
+                        link.stats.subjects.fetch_sub(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    n
+}
+
+/// The NATS queue group of shared subscription `$share/<group>/<filter>`: the same on every
+/// node, and a valid queue name whatever the group and filter hold.
+fn queue_name(group: &str, filter: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(group.as_bytes());
+    h.update([0]);
+    h.update(filter.as_bytes());
+    let digest = h.finalize();
+    let mut name = String::with_capacity(34);
+    name.push_str("g-");
+    for b in &digest[..16] {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
+/// Remembers the sequence numbers seen from each sending instance.
+#[derive(Default)]
+struct Windows {
+    by_instance: HashMap<u64, Window>,
+}
+
+struct Window {
+    max: u64,
+    bits: Box<[u64]>,
+    used: Instant,
+}
+
+impl Windows {
+    /// Whether `(instance, seq)` is seen for the first time (and marks it seen).
+    fn first_time(&mut self, instance: u64, seq: u64) -> bool {
+        let w = self.by_instance.entry(instance).or_insert_with(|| Window {
+            max: 0,
+            bits: vec![0; (WINDOW_BITS / 64) as usize].into_boxed_slice(),
+            used: Instant::now(),
+        });
+        w.used = Instant::now();
+        if seq > w.max {
+            let gap = seq - w.max;
+            if gap >= WINDOW_BITS {
+                w.bits.fill(0);
+            } else {
+                for s in w.max + 1..seq {
+                    clear(&mut w.bits, s);
+                }
+            }
+            w.max = seq;
+            set(&mut w.bits, seq);
+            return true;
+        }
+        if w.max - seq >= WINDOW_BITS {
+            // Older than the window: a repeat this late cannot be told apart.
+            return false;
+        }
+        let new = !get(&w.bits, seq);
+        set(&mut w.bits, seq);
+        new
+    }
+
+    /// Forgets instances not heard from for ten minutes (nodes that stopped).
+    fn prune(&mut self) {
+        self.by_instance
+            .retain(|_, w| w.used.elapsed() < Duration::from_secs(600));
+    }
+}
+
+fn slot(seq: u64) -> (usize, u64) {
+    let i = seq % WINDOW_BITS;
+    ((i / 64) as usize, 1 << (i % 64))
+}
+
+fn set(bits: &mut [u64], seq: u64) {
+    let (i, m) = slot(seq);
+    bits[i] |= m;
+}
+
+fn clear(bits: &mut [u64], seq: u64) {
+    let (i, m) = slot(seq);
+    bits[i] &= !m;
+}
+
+fn get(bits: &[u64], seq: u64) -> bool {
+    let (i, m) = slot(seq);
+    bits[i] & m != 0
+}
+
+/// Splits a message from NATS: instance, sequence and the message.
+fn decode_wire(mut payload: Bytes) -> Option<(u64, u64, Message)> {
+    if payload.len() < 17 || payload.get_u8() != WIRE_VERSION {
+        return None;
+    }
+    let instance = payload.get_u64();
+    let seq = payload.get_u64();
+    Some((instance, seq, decode_message(&payload)?))
+}
+
+async fn deliver_loop(
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    mut rx: mpsc::UnboundedReceiver<Inbound>,
+) {
+    let mut windows = Windows::default();
+    let mut targets = Vec::new();
+    let mut pruned = Instant::now();
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        for Inbound { payload, via } in batch.drain(..) {
+            let len = payload.len() as u64;
+            let Some((instance, seq, msg)) = decode_wire(payload) else {
+                debug!("cluster: a NATS message that is not ours, ignored");
+                continue;
+            };
+            match &*via {
+                Key::Plain(_) => {
+                    if !windows.first_time(instance, seq) {
+                        link.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    link.stats.received.fetch_add(1, Ordering::Relaxed);
+                    link.stats.bytes_received.fetch_add(len, Ordering::Relaxed);
+                    shared.route_remote(Arc::new(msg), &mut targets);
+                }
+                Key::Group(group, filter) => {
+                    link.stats.received.fetch_add(1, Ordering::Relaxed);
+                    link.stats.bytes_received.fetch_add(len, Ordering::Relaxed);
+                    if !shared.deliver_shared(Arc::new(msg), group, filter) {
+                        link.stats.group_misses.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        crate::metrics::flush_local(&shared.metrics);
+        if pruned.elapsed() > Duration::from_secs(60) {
+            windows.prune();
+            pruned = Instant::now();
+        }
+    }
+}
+
+async fn retained_watch(shared: Arc<Shared>, link: Arc<Link>, loaded: oneshot::Sender<()>) {
+    let mut loaded = Some(loaded);
+    loop {
+        let empty = match link.retained_kv.status().await {
+            Ok(s) => s.values() == 0,
+            Err(_) => false,
+        };
+        if empty && let Some(tx) = loaded.take() {
+            let _ = tx.send(());
+        }
+        let watch = tokio::select! {
+            w = link.retained_kv.watch_with_history(">") => w,
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let mut watch = match watch {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cluster: cannot watch the retained bucket; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shared.shutdown.cancelled() => return,
+                }
+            }
+        };
+        loop {
+            let entry = tokio::select! {
+                e = watch.next() => e,
+                _ = shared.shutdown.cancelled() => return,
+            };
+            let entry = match entry {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => {
+                    warn!(error = %e, "cluster: the retained bucket's watch failed; watching again");
+                    break;
+                }
+                None => break,
+            };
+            apply_retained(&shared, &entry);
+            if entry.delta == 0
+                && let Some(tx) = loaded.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+        // A watch that ends is started again (from the whole bucket: the store is
+        // idempotent).
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn apply_retained(shared: &Shared, entry: &kv::Entry) {
+    let Some(topic) = subject::tokens_topic(&entry.key) else {
+        debug!(key = %entry.key, "cluster: a retained key that is not a topic, ignored");
+        return;
+    };
+    match entry.operation {
+        kv::Operation::Put => match decode_message(&entry.value) {
+            Some(mut msg) if msg.topic.as_str() == topic => {
+                msg.retain = true;
+                shared.retained.restore(Arc::new(msg));
+            }
+            _ => debug!(%topic, "cluster: a retained value that is not a message, ignored"),
+        },
+        kv::Operation::Delete | kv::Operation::Purge => {
+            shared.retained.remove(&topic, None);
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, link: Arc<Link>) {
+    let mut tick = tokio::time::interval(link.config.heartbeat());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.shutdown.cancelled() => break,
+        }
+        let me = Member {
+            node: link.config.node.clone(),
+            instance: link.instance,
+            started: link.started,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            clients: shared.metrics.clients_connected.load(Ordering::Relaxed),
+        };
+        let Ok(value) = serde_json::to_vec(&me) else {
+            continue;
+        };
+        if let Err(e) = link.nodes_kv.put(&link.config.node, value.into()).await {
+            debug!(error = %e, "cluster: heartbeat not written");
+        }
+    }
+    // Leaving: the others stop listing this node at once.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        link.nodes_kv.delete(&link.config.node),
+    )
+    .await;
+}
+
+async fn members_loop(link: Arc<Link>, cancel: CancellationToken) {
+    loop {
+        let watch = tokio::select! {
+            w = link.nodes_kv.watch_with_history(">") => w,
+            _ = cancel.cancelled() => return,
+        };
+        if let Ok(mut watch) = watch {
+            loop {
+                let entry = tokio::select! {
+                    e = watch.next() => e,
+                    _ = cancel.cancelled() => return,
+                };
+                let Some(Ok(entry)) = entry else { break };
+                let mut members = link.members.lock().unwrap_or_else(|e| e.into_inner());
+                match entry.operation {
+                    kv::Operation::Put => {
+                        if let Ok(m) = serde_json::from_slice::<Member>(&entry.value) {
+                            if m.node == link.config.node && m.instance != link.instance {
+                                warn!(node = %m.node, "cluster: another node uses this node's name");
+                            }
+                            members.insert(entry.key.clone(), (m, Instant::now()));
+                        }
+                    }
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        members.remove(&entry.key);
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// `$SYS/broker/cluster/...` values.
+pub(crate) fn sys_values(shared: &Shared) -> Vec<(String, String)> {
+    let Some(link) = &shared.cluster else {
+        return Vec::new();
+    };
+    let s = link.status();
+    vec![
+        ("cluster/node".into(), s.node),
+        (
+            "cluster/connected".into(),
+            u8::from(s.connected).to_string(),
+        ),
+        ("cluster/nodes".into(), s.nodes.len().to_string()),
+        ("cluster/members".into(), s.nodes.join(",")),
+        ("cluster/messages/sent".into(), s.messages_sent.to_string()),
+        (
+            "cluster/messages/received".into(),
+            s.messages_received.to_string(),
+        ),
+        ("cluster/bytes/sent".into(), s.bytes_sent.to_string()),
+        (
+            "cluster/bytes/received".into(),
+            s.bytes_received.to_string(),
+        ),
+    ]
+}
+
+/// One metric: name, type, help, value.
+pub(crate) type Metric = (&'static str, &'static str, &'static str, u64);
+
+/// The `sagitta_cluster_*` metrics (none without a cluster).
+pub(crate) fn metrics(shared: &Shared) -> Vec<Metric> {
+    let Some(link) = &shared.cluster else {
+        return Vec::new();
+    };
+    let s = link.status();
+    vec![
+        (
+            "sagitta_cluster_connected",
+            "gauge",
+            "1 while the node is connected to NATS.",
+            u64::from(s.connected),
+        ),
+        (
+            "sagitta_cluster_nodes",
+            "gauge",
+            "Cluster members with a recent heartbeat, this node included.",
+            s.nodes.len() as u64,
+        ),
+        (
+            "sagitta_cluster_messages_sent_total",
+            "counter",
+            "Messages this node published to the other nodes.",
+            s.messages_sent,
+        ),
+        (
+            "sagitta_cluster_messages_received_total",
+            "counter",
+            "Messages from other nodes routed to this node's subscribers.",
+            s.messages_received,
+        ),
+        (
+            "sagitta_cluster_bytes_sent_total",
+            "counter",
+            "Bytes of messages published to the other nodes.",
+            s.bytes_sent,
+        ),
+        (
+            "sagitta_cluster_bytes_received_total",
+            "counter",
+            "Bytes of messages received from the other nodes.",
+            s.bytes_received,
+        ),
+        (
+            "sagitta_cluster_duplicates_dropped_total",
+            "counter",
+            "Messages that arrived again through another of the node's NATS subscriptions.",
+            s.duplicates_dropped,
+        ),
+        (
+            "sagitta_cluster_publish_errors_total",
+            "counter",
+            "Messages that could not be handed to NATS.",
+            s.publish_errors,
+        ),
+        (
+            "sagitta_cluster_shared_misses_total",
+            "counter",
+            "Shared-subscription messages that found no member left on this node.",
+            s.shared_misses,
+        ),
+        (
+            "sagitta_cluster_subjects",
+            "gauge",
+            "NATS subjects the node subscribes to for its sessions' filters.",
+            s.subjects,
+        ),
+        (
+            "sagitta_cluster_backlog",
+            "gauge",
+            "Messages waiting to be handed to NATS.",
+            s.backlog,
+        ),
+    ]
+}
+
+/// The `GET /api/v1/cluster` answer.
+pub(crate) fn status_json(shared: &Shared) -> serde_json::Value {
+    match &shared.cluster {
+        None => serde_json::json!({ "enabled": false }),
+        Some(link) => {
+            let mut v = serde_json::to_value(link.status()).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("enabled".into(), true.into());
+                o.insert(
+                    "members".into(),
+                    serde_json::to_value(link.members()).unwrap_or_default(),
+                );
+            }
+            v
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_are_dropped_across_interleavings() {
+        let mut w = Windows::default();
+        assert!(w.first_time(7, 1));
+        assert!(w.first_time(7, 3));
+        assert!(!w.first_time(7, 1));
+        // 2 arrives after 3 (another subscription was behind): still new.
+        assert!(w.first_time(7, 2));
+        assert!(!w.first_time(7, 2));
+        assert!(!w.first_time(7, 3));
+        // Another instance has its own numbers.
+        assert!(w.first_time(8, 1));
+        // A jump past the window forgets everything before it.
+        assert!(w.first_time(7, 3 + WINDOW_BITS * 2));
+        assert!(!w.first_time(7, 3));
+        assert!(w.first_time(7, 4 + WINDOW_BITS * 2));
+    }
+
+    #[test]
+    fn queue_names_are_stable_and_distinct() {
+        assert_eq!(queue_name("g", "a/#"), queue_name("g", "a/#"));
+        assert_ne!(queue_name("g", "a/#"), queue_name("g", "a/+"));
+        assert_ne!(queue_name("g", "a"), queue_name("ga", ""));
+        assert!(
+            queue_name("g h.*", "a b")
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        );
+    }
+
+    #[test]
+    fn wire_round_trip() {
+        let msg = Message::new(
+            sagitta_proto::TopicName::new("a/b".to_owned()).unwrap(),
+            Bytes::from_static(b"x"),
+            sagitta_proto::QoS::AtLeastOnce,
+            true,
+        );
+        let mut buf = BytesMut::new();
+        buf.put_u8(WIRE_VERSION);
+        buf.put_u64(5);
+        buf.put_u64(9);
+        encode_message(&msg, &mut buf);
+        let (i, s, m) = decode_wire(buf.freeze()).unwrap();
+        assert_eq!(
+            (i, s, &*m.topic, &m.payload[..], m.retain),
+            (5, 9, "a/b", &b"x"[..], true)
+        );
+        assert!(decode_wire(Bytes::from_static(b"\x02rest-of-it-here....")).is_none());
+    }
+}
