@@ -321,6 +321,9 @@ impl Shared {
             if shared.sessions.remove_expired(&entry, generation) {
                 let mut state = entry.state.lock().await;
                 shared.clear_session(&entry, &mut state);
+                if let Some(link) = &shared.cluster {
+                    link.session_ended(&entry.client_id);
+                }
                 debug!(client_id = %entry.client_id, "session expired");
             }
         });

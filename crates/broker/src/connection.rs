@@ -693,6 +693,12 @@ where
         }
     }
 
+    // In a cluster, the session may live on another node: it is taken over from there first.
+    let handoff = match (&shared.cluster, internal) {
+        (Some(link), None) => link.acquire(&client_id, connect.clean_start).await,
+        _ => None,
+    };
+
     // Claim the session; a connection holding it is told to let go, and we wait for it.
     let conn_id = shared.next_conn_id();
     let kick = Arc::new(Kick::default());
@@ -714,7 +720,7 @@ where
         shared.sessions.release(&entry, conn_id, false);
         return None;
     }
-    let session_present = if connect.clean_start || !state.exists {
+    let mut session_present = if connect.clean_start || !state.exists {
         shared.clear_session(&entry, &mut state);
         false
     } else {
@@ -731,6 +737,10 @@ where
             // The client is back before its delayed will was published: it never will be.
             store.will_gone(&client_id);
         }
+    }
+    if let Some(handoff) = handoff.filter(|_| !connect.clean_start) {
+        crate::cluster::import_session(&shared, &entry, &mut state, handoff);
+        session_present = true;
     }
     let client_receive_max = connect
         .properties
@@ -1782,6 +1792,9 @@ impl<S: Transport> Conn<S> {
         let ended = expiry == 0;
         if ended {
             self.shared.clear_session(&self.entry, &mut self.state);
+            if let Some(link) = &self.shared.cluster {
+                link.session_ended(&self.client_id);
+            }
         } else if let Some(store) = self.stored_session() {
             store.session_left(&self.client_id, expiry);
         }

@@ -302,6 +302,11 @@ impl SessionEntry {
         }
     }
 
+    /// A copy of the queued messages, in order.
+    pub fn queue_snapshot(&self) -> Vec<Delivery> {
+        self.mailbox().queue.iter().cloned().collect()
+    }
+
     /// Removes every queued message.
     pub fn clear_queue(&self) -> VecDeque<Delivery> {
         std::mem::take(&mut self.mailbox().queue)

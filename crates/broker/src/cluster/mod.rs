@@ -24,6 +24,7 @@
 //! - `$SYS` topics stay on their node: each node reports its own.
 
 pub(crate) mod config;
+mod session;
 mod subject;
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +45,7 @@ use crate::broker::Shared;
 use crate::message::Message;
 use crate::store::record::{decode_message, encode_message};
 pub use config::ClusterConfig;
+pub(crate) use session::import as import_session;
 
 /// Why the broker cannot join its cluster.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +150,10 @@ pub(crate) struct Link {
     share: async_nats::Client,
     retained_kv: kv::Store,
     nodes_kv: kv::Store,
+    /// Which node owns each client id's session.
+    sessions_kv: kv::Store,
+    /// Client ids whose sessions ended here.
+    ended: mpsc::UnboundedSender<String>,
     /// `<cluster>.m`.
     prefix: String,
     seq: AtomicU64,
@@ -161,6 +167,7 @@ pub(crate) struct Link {
 }
 
 struct Receivers {
+    ended: mpsc::UnboundedReceiver<String>,
     out: mpsc::UnboundedReceiver<Arc<Message>>,
     retained: mpsc::UnboundedReceiver<RetainedOp>,
     interest: mpsc::UnboundedReceiver<Interest>,
@@ -223,6 +230,15 @@ impl Link {
             deadline,
         )
         .await?;
+        let sessions_kv = bucket(
+            &js,
+            &format!("{}_sessions", config.name),
+            config.replicas,
+            Duration::ZERO,
+            deadline,
+        )
+        .await?;
+        let (ended, ended_rx) = mpsc::unbounded_channel();
         let (out, out_rx) = mpsc::unbounded_channel();
         let (retained_out, retained_rx) = mpsc::unbounded_channel();
         let (interest, interest_rx) = mpsc::unbounded_channel();
@@ -237,6 +253,8 @@ impl Link {
             share,
             retained_kv,
             nodes_kv,
+            sessions_kv,
+            ended,
             prefix: format!("{}.m", config.name),
             seq: AtomicU64::new(0),
             backlog: AtomicUsize::new(0),
@@ -244,6 +262,7 @@ impl Link {
             retained_out,
             interest,
             receivers: Mutex::new(Some(Receivers {
+                ended: ended_rx,
                 out: out_rx,
                 retained: retained_rx,
                 interest: interest_rx,
@@ -446,6 +465,8 @@ pub(crate) async fn start(shared: &Arc<Shared>, wait: Duration) {
     tracker.spawn(deliver_loop(shared.clone(), link.clone(), inbound_rx));
     tracker.spawn(heartbeat_loop(shared.clone(), link.clone()));
     tracker.spawn(members_loop(link.clone(), cancel.clone()));
+    tracker.spawn(session::serve_takes(shared.clone(), link.clone()));
+    tracker.spawn(session::ended_loop(link.clone(), rx.ended, cancel.clone()));
     // The retained messages already in the cluster come first: no client of this node sees
     // a partial set.
     let (loaded_tx, loaded_rx) = oneshot::channel();

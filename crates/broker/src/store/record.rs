@@ -201,6 +201,18 @@ pub fn encode_subscription(options: &SubscriptionOptions, id: Option<Subscriptio
     v
 }
 
+/// Decodes [`encode_subscription`]'s bytes.
+pub fn decode_subscription(v: &[u8]) -> Option<(SubscriptionOptions, Option<SubscriptionId>)> {
+    if v.len() != 6 || v[0] != FORMAT {
+        return None;
+    }
+    let options = options_of(v[1])?;
+    Some((
+        options,
+        SubscriptionId::new(u32::from_be_bytes([v[2], v[3], v[4], v[5]])),
+    ))
+}
+
 /// A queued message as stored: which body, and how it goes to this session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredDelivery {
@@ -251,7 +263,8 @@ pub fn encode_queued(
     v
 }
 
-fn decode_queued(seq: u64, mut b: &[u8]) -> Option<StoredDelivery> {
+/// Decodes [`encode_queued`]'s bytes, for the message of sequence number `seq`.
+pub fn decode_queued(seq: u64, mut b: &[u8]) -> Option<StoredDelivery> {
     if b.remaining() < 13 || b.get_u8() != FORMAT {
         return None;
     }
@@ -408,11 +421,7 @@ impl Snapshot {
                 .ok()
                 .and_then(|f| TopicFilter::new(f.to_owned()).ok())
                 .ok_or_else(bad)?;
-            if v.len() != 6 || v[0] != FORMAT {
-                return Err(bad());
-            }
-            let options = options_of(v[1]).ok_or_else(bad)?;
-            let id = SubscriptionId::new(u32::from_be_bytes([v[2], v[3], v[4], v[5]]));
+            let (options, id) = decode_subscription(v).ok_or_else(bad)?;
             sessions[i].subscriptions.push((filter, options, id));
             Ok(())
         })?;
