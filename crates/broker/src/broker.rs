@@ -349,6 +349,9 @@ impl Shared {
                     store.will_gone(&entry.client_id);
                 }
                 shared.publish(Arc::new(msg), &mut Vec::new());
+                if let Some(link) = &shared.cluster {
+                    link.will_done(&entry.client_id);
+                }
             }
         });
     }

@@ -769,6 +769,16 @@ where
         .request_problem_information
         .unwrap_or(true);
     let Connect { will, bridge, .. } = *connect;
+    if let (Some(link), None) = (&shared.cluster, internal) {
+        // Published by another node if this one dies while the client is connected.
+        let record = will.as_ref().map(|w| {
+            (
+                Arc::new(will_message(w.clone(), &client_id)),
+                will_delay(w, expiry),
+            )
+        });
+        link.will_connected(&client_id, record);
+    }
     if bridge {
         info!(%peer, client_id = &*client_id, "the client is a bridge (protocol level with the bridge flag): its subscriptions get No Local and Retain As Published");
     }
@@ -1786,8 +1796,14 @@ impl<S: Transport> Conn<S> {
         }
         let expiry = self.state.expiry;
         self.entry.set_expiry(expiry);
-        if let Some(will) = self.will.take().filter(|_| send_will) {
-            self.publish_will(*will, expiry);
+        match self.will.take() {
+            Some(will) if send_will => self.publish_will(*will, expiry),
+            Some(_) => {
+                if let Some(link) = &self.shared.cluster {
+                    link.will_done(&self.client_id);
+                }
+            }
+            None => {}
         }
         let ended = expiry == 0;
         if ended {
@@ -1810,33 +1826,13 @@ impl<S: Transport> Conn<S> {
     /// Publishes the will now, or after its delay (at most the session expiry) unless the
     /// client reconnects first [MQTT-3.1.3-9].
     fn publish_will(&mut self, will: Will, session_expiry: u32) {
-        let delay = will
-            .properties
-            .will_delay_interval
-            .unwrap_or(0)
-            .min(session_expiry);
-        let mut properties = sagitta_proto::PublishProperties {
-            payload_format_indicator: will.properties.payload_format_indicator,
-            message_expiry_interval: will.properties.message_expiry_interval,
-            content_type: will.properties.content_type,
-            response_topic: will.properties.response_topic,
-            correlation_data: will.properties.correlation_data,
-            ..Default::default()
-        };
-        properties.user_properties = will.properties.user_properties;
-        let msg = Message {
-            expires_at: Message::expiry_from_interval(properties.message_expiry_interval),
-            topic: will.topic,
-            payload: will.payload,
-            qos: will.qos,
-            retain: will.retain,
-            properties: Message::boxed_properties(properties),
-            origin: Some(self.client_id.clone()),
-            stored: Default::default(),
-            received_at: None,
-        };
+        let delay = will_delay(&will, session_expiry);
+        let msg = will_message(will, &self.client_id);
         if delay == 0 {
             self.shared.publish(Arc::new(msg), &mut Vec::new());
+            if let Some(link) = &self.shared.cluster {
+                link.will_done(&self.client_id);
+            }
             return;
         }
         if let Some(store) = self.stored_session() {
@@ -1972,5 +1968,37 @@ impl<S: Transport> Conn<S> {
             ));
         }
         None
+    }
+}
+
+/// A will's delay: its Will Delay Interval, at most the session's expiry.
+fn will_delay(will: &Will, session_expiry: u32) -> u32 {
+    will.properties
+        .will_delay_interval
+        .unwrap_or(0)
+        .min(session_expiry)
+}
+
+/// The message a will becomes.
+fn will_message(will: Will, client_id: &ClientId) -> Message {
+    let mut properties = sagitta_proto::PublishProperties {
+        payload_format_indicator: will.properties.payload_format_indicator,
+        message_expiry_interval: will.properties.message_expiry_interval,
+        content_type: will.properties.content_type,
+        response_topic: will.properties.response_topic,
+        correlation_data: will.properties.correlation_data,
+        ..Default::default()
+    };
+    properties.user_properties = will.properties.user_properties;
+    Message {
+        expires_at: Message::expiry_from_interval(properties.message_expiry_interval),
+        topic: will.topic,
+        payload: will.payload,
+        qos: will.qos,
+        retain: will.retain,
+        properties: Message::boxed_properties(properties),
+        origin: Some(client_id.clone()),
+        stored: Default::default(),
+        received_at: None,
     }
 }

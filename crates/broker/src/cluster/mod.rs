@@ -26,6 +26,7 @@
 pub(crate) mod config;
 mod session;
 mod subject;
+mod will;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -154,6 +155,9 @@ pub(crate) struct Link {
     sessions_kv: kv::Store,
     /// Client ids whose sessions ended here.
     ended: mpsc::UnboundedSender<String>,
+    /// The wills of connected clients, by client id.
+    wills_kv: kv::Store,
+    wills_out: mpsc::UnboundedSender<will::WillOp>,
     /// `<cluster>.m`.
     prefix: String,
     seq: AtomicU64,
@@ -168,6 +172,7 @@ pub(crate) struct Link {
 
 struct Receivers {
     ended: mpsc::UnboundedReceiver<String>,
+    wills: mpsc::UnboundedReceiver<will::WillOp>,
     out: mpsc::UnboundedReceiver<Arc<Message>>,
     retained: mpsc::UnboundedReceiver<RetainedOp>,
     interest: mpsc::UnboundedReceiver<Interest>,
@@ -238,6 +243,15 @@ impl Link {
             deadline,
         )
         .await?;
+        let wills_kv = bucket(
+            &js,
+            &format!("{}_wills", config.name),
+            config.replicas,
+            Duration::ZERO,
+            deadline,
+        )
+        .await?;
+        let (wills_out, wills_rx) = mpsc::unbounded_channel();
         let (ended, ended_rx) = mpsc::unbounded_channel();
         let (out, out_rx) = mpsc::unbounded_channel();
         let (retained_out, retained_rx) = mpsc::unbounded_channel();
@@ -255,6 +269,8 @@ impl Link {
             nodes_kv,
             sessions_kv,
             ended,
+            wills_kv,
+            wills_out,
             prefix: format!("{}.m", config.name),
             seq: AtomicU64::new(0),
             backlog: AtomicUsize::new(0),
@@ -263,6 +279,7 @@ impl Link {
             interest,
             receivers: Mutex::new(Some(Receivers {
                 ended: ended_rx,
+                wills: wills_rx,
                 out: out_rx,
                 retained: retained_rx,
                 interest: interest_rx,
@@ -467,6 +484,8 @@ pub(crate) async fn start(shared: &Arc<Shared>, wait: Duration) {
     tracker.spawn(members_loop(link.clone(), cancel.clone()));
     tracker.spawn(session::serve_takes(shared.clone(), link.clone()));
     tracker.spawn(session::ended_loop(link.clone(), rx.ended, cancel.clone()));
+    tracker.spawn(will::writer(link.clone(), rx.wills, cancel.clone()));
+    tracker.spawn(will::reaper(shared.clone(), link.clone()));
     // The retained messages already in the cluster come first: no client of this node sees
     // a partial set.
     let (loaded_tx, loaded_rx) = oneshot::channel();
