@@ -827,6 +827,7 @@ where
         reauth,
         unsent: None,
         remote_bridge: bridge,
+        cluster_sync: false,
     };
     conn.resend_inflight();
     Some(conn)
@@ -890,6 +891,10 @@ struct Conn<S> {
     unsent: Option<Box<std::collections::VecDeque<sagitta_proto::PacketId>>>,
     /// The client is another broker's 3.x bridge (protocol level 0x83/0x84).
     remote_bridge: bool,
+    /// A SUBSCRIBE added subscriptions: in a cluster, its SUBACK waits until the node's
+    /// NATS subscriptions are in place, so that messages published on other nodes after it
+    /// are received.
+    cluster_sync: bool,
 }
 
 /// Acknowledgements of QoS 1/2 publishes held until the store has made them durable, in the
@@ -925,6 +930,11 @@ impl<S: Transport> Conn<S> {
                     && let Some(close) = self.wait_for_store().await
                 {
                     return close;
+                }
+                if std::mem::take(&mut self.cluster_sync)
+                    && let Some(link) = &self.shared.cluster
+                {
+                    link.sync().await;
                 }
                 let flushed = tokio::select! {
                     r = self.io.flush() => r,
@@ -1371,6 +1381,7 @@ impl<S: Transport> Conn<S> {
     }
 
     fn on_subscribe(&mut self, s: Subscribe) {
+        self.cluster_sync |= self.shared.cluster.is_some();
         let sub_id = s.properties.subscription_identifier;
         let max_qos = QoS::from_u8(self.shared.config.maximum_qos).unwrap_or(QoS::ExactlyOnce);
         let mut reasons = Vec::with_capacity(s.filters.len());

@@ -76,6 +76,8 @@ pub(crate) enum Interest {
     Add(Key),
     /// A session's subscription to a filter is gone.
     Remove(Key),
+    /// Answer once the NATS servers have the subscriptions of the changes before.
+    Sync(oneshot::Sender<()>),
 }
 
 /// What a node subscribes to on NATS: a plain filter, or a shared group's filter.
@@ -292,6 +294,15 @@ impl Link {
     /// The sender the router reports subscription changes to.
     pub fn interest_sender(&self) -> mpsc::UnboundedSender<Interest> {
         self.interest.clone()
+    }
+
+    /// Resolves once the NATS server has this node's subscriptions for every subscription
+    /// made so far (at most 2 s: without NATS, SUBACKs are not held up for long).
+    pub async fn sync(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.interest.send(Interest::Sync(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        }
     }
 
     /// Hands a message received from a local client to the other nodes (and its retained
@@ -621,6 +632,10 @@ async fn interest_loop(
                 {
                     stop.cancel();
                 }
+            }
+            Interest::Sync(done) => {
+                let _ = tokio::join!(link.data.flush(), link.share.flush());
+                let _ = done.send(());
             }
         }
     }
