@@ -46,6 +46,37 @@ pub struct ClusterConfig {
     /// three of them is no longer listed. Default 2.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_secs: u64,
+    /// Where the JetStream stream that carries QoS 1/2 messages between nodes keeps them:
+    /// `memory` (the default: survives the loss of a minority of the NATS servers with
+    /// `replicas` 3) or `file` (also survives a restart of every NATS server).
+    #[serde(default)]
+    pub stream_storage: StreamStorage,
+    /// Seconds that stream keeps a message (nodes read it within milliseconds; the margin
+    /// covers a node reconnecting to another NATS server). Default 600.
+    #[serde(default = "default_stream_max_age")]
+    pub stream_max_age_secs: u64,
+    /// Most bytes that stream holds; the oldest messages go first. Default 256 MiB.
+    #[serde(default = "default_stream_max_bytes")]
+    pub stream_max_bytes: i64,
+}
+
+/// The storage of the stream of QoS 1/2 messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamStorage {
+    /// In the NATS servers' memory.
+    #[default]
+    Memory,
+    /// On the NATS servers' disks.
+    File,
+}
+
+fn default_stream_max_age() -> u64 {
+    600
+}
+
+fn default_stream_max_bytes() -> i64 {
+    256 * 1024 * 1024
 }
 
 fn default_name() -> String {
@@ -75,6 +106,9 @@ impl ClusterConfig {
             cert: None,
             key: None,
             heartbeat_secs: default_heartbeat(),
+            stream_storage: StreamStorage::default(),
+            stream_max_age_secs: default_stream_max_age(),
+            stream_max_bytes: default_stream_max_bytes(),
         }
     }
 
@@ -129,6 +163,12 @@ impl ClusterConfig {
                 "use either `token` or `user` and `password`".into(),
             ));
         }
+        if self.stream_max_age_secs < 10 {
+            return Err(("cluster.stream_max_age_secs", "must be at least 10".into()));
+        }
+        if self.stream_max_bytes < 1024 * 1024 {
+            return Err(("cluster.stream_max_bytes", "must be at least 1 MiB".into()));
+        }
         if self.cert.is_some() != self.key.is_some() {
             return Err(("cluster.cert", "`cert` and `key` go together".into()));
         }
@@ -150,6 +190,9 @@ impl std::fmt::Debug for ClusterConfig {
             .field("cert", &self.cert)
             .field("key", &self.key)
             .field("heartbeat_secs", &self.heartbeat_secs)
+            .field("stream_storage", &self.stream_storage)
+            .field("stream_max_age_secs", &self.stream_max_age_secs)
+            .field("stream_max_bytes", &self.stream_max_bytes)
             .finish()
     }
 }

@@ -45,7 +45,7 @@ use tracing::{debug, info, warn};
 use crate::broker::Shared;
 use crate::message::Message;
 use crate::store::record::{decode_message, encode_message};
-pub use config::ClusterConfig;
+pub use config::{ClusterConfig, StreamStorage};
 pub(crate) use session::import as import_session;
 
 /// Why the broker cannot join its cluster.
@@ -160,8 +160,13 @@ pub(crate) struct Link {
     /// The wills of connected clients, by client id.
     wills_kv: kv::Store,
     wills_out: mpsc::UnboundedSender<will::WillOp>,
-    /// `<cluster>.m`.
+    /// JetStream, and the stream of QoS 1/2 messages.
+    js: jetstream::Context,
+    msgs: stream::Stream,
+    /// `<cluster>.m` (QoS 0, core NATS).
     prefix: String,
+    /// `<cluster>.q` (QoS 1/2, through the stream).
+    qprefix: String,
     seq: AtomicU64,
     backlog: AtomicUsize,
     out: mpsc::UnboundedSender<Arc<Message>>,
@@ -245,6 +250,7 @@ impl Link {
             deadline,
         )
         .await?;
+        let msgs = message_stream(&js, config, deadline).await?;
         let wills_kv = bucket(
             &js,
             &format!("{}_wills", config.name),
@@ -273,7 +279,10 @@ impl Link {
             ended,
             wills_kv,
             wills_out,
+            js,
+            msgs,
             prefix: format!("{}.m", config.name),
+            qprefix: format!("{}.q", config.name),
             seq: AtomicU64::new(0),
             backlog: AtomicUsize::new(0),
             out,
@@ -464,6 +473,44 @@ async fn bucket(
     }
 }
 
+/// Opens (or creates) the stream `<cluster>_msgs` that carries QoS 1/2 messages.
+async fn message_stream(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+    deadline: Instant,
+) -> Result<stream::Stream, ClusterError> {
+    let max_age = Duration::from_secs(config.stream_max_age_secs);
+    let stream_config = stream::Config {
+        name: format!("{}_msgs", config.name),
+        subjects: vec![format!("{}.q.>", config.name)],
+        storage: match config.stream_storage {
+            StreamStorage::Memory => stream::StorageType::Memory,
+            StreamStorage::File => stream::StorageType::File,
+        },
+        max_age,
+        max_bytes: config.stream_max_bytes,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: max_age.min(Duration::from_secs(120)),
+        num_replicas: config.replicas,
+        ..Default::default()
+    };
+    loop {
+        match js.get_or_create_stream(stream_config.clone()).await {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(ClusterError::Bucket {
+                    bucket: stream_config.name.clone(),
+                    message: e.to_string(),
+                });
+            }
+            Err(e) => {
+                debug!(error = %e, "cluster: JetStream not ready yet, retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
 /// Starts the link's tasks for `shared` (which holds it): forwarding, NATS subscriptions,
 /// delivery of what arrives, the retained bucket and the heartbeat. Returns once the
 /// retained messages already in the cluster are in the node's store (or after `wait`).
@@ -517,12 +564,14 @@ async fn forward_loop(
     mut rx: mpsc::UnboundedReceiver<Arc<Message>>,
     cancel: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(256);
+    let mut batch = Vec::with_capacity(1024);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // The batch's QoS 1/2 messages: subject, wire bytes, JetStream message id.
+    let mut durable: Vec<(String, Bytes, String)> = Vec::new();
     let mut last_error: Option<Instant> = None;
     loop {
         let n = tokio::select! {
-            n = rx.recv_many(&mut batch, 256) => n,
+            n = rx.recv_many(&mut batch, 1024) => n,
             _ = cancel.cancelled() => break,
         };
         if n == 0 {
@@ -536,21 +585,71 @@ async fn forward_loop(
             encode_message(&msg, &mut buf);
             let payload = buf.split().freeze();
             let len = payload.len() as u64;
+            link.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
+            link.stats.sent.fetch_add(1, Ordering::Relaxed);
+            if msg.qos != sagitta_proto::QoS::AtMostOnce {
+                let subject = subject::topic_subject(&link.qprefix, &msg.topic);
+                durable.push((subject, payload, format!("{:x}-{seq}", link.instance)));
+                continue;
+            }
             let subject = subject::topic_subject(&link.prefix, &msg.topic);
-            match link.data.publish(subject, payload).await {
-                Ok(()) => {
-                    link.stats.sent.fetch_add(1, Ordering::Relaxed);
-                    link.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    link.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
-                    if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                        last_error = Some(Instant::now());
-                        warn!(error = %e, "cluster: a message could not be handed to NATS");
-                    }
+            if let Err(e) = link.data.publish(subject, payload).await {
+                link.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                    last_error = Some(Instant::now());
+                    warn!(error = %e, "cluster: a QoS 0 message could not be handed to NATS");
                 }
             }
-            link.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+        store_durable(&link, &mut durable, &cancel).await;
+        link.backlog.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Publishes QoS 1/2 messages to the stream, all before waiting for the acknowledgements,
+/// and publishes again those that got none (a NATS server died, JetStream is electing a
+/// leader) until every one is stored; the message ids make JetStream drop the repeats.
+async fn store_durable(
+    link: &Link,
+    durable: &mut Vec<(String, Bytes, String)>,
+    cancel: &CancellationToken,
+) {
+    let mut failures = 0u32;
+    while !durable.is_empty() {
+        let mut acks = Vec::with_capacity(durable.len());
+        for (subject, payload, id) in durable.iter() {
+            let publish = async_nats::jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(id.as_str());
+            acks.push(link.js.send_publish(subject.clone(), publish).await);
+        }
+        let mut stored = vec![false; durable.len()];
+        let mut error = None;
+        for (i, ack) in acks.into_iter().enumerate() {
+            match ack {
+                Ok(future) => match future.await {
+                    Ok(_) => stored[i] = true,
+                    Err(e) => error = Some(e.to_string()),
+                },
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+        let mut i = 0;
+        durable.retain(|_| {
+            i += 1;
+            !stored[i - 1]
+        });
+        if let Some(error) = error.filter(|_| !durable.is_empty()) {
+            if failures.is_multiple_of(10) {
+                warn!(messages = durable.len(), %error, "cluster: QoS 1/2 messages not stored by JetStream yet; retrying");
+            }
+            failures += 1;
+            link.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+            let wait = Duration::from_millis(100 * u64::from(failures.min(20)));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return,
+            }
         }
     }
 }
@@ -567,27 +666,61 @@ async fn retained_writer(
             _ = cancel.cancelled() => break,
         };
         let Some(op) = op else { break };
-        let (topic, result) = match op {
+        let (topic, value) = match op {
             RetainedOp::Set(msg) if !msg.payload.is_empty() => {
                 encode_message(&msg, &mut buf);
-                let key = subject::topic_tokens(&msg.topic);
-                let value = buf.split().freeze();
-                let r = link.retained_kv.put(key, value).await.map(|_| ());
-                (msg.topic.to_string(), r.map_err(|e| e.to_string()))
+                (msg.topic.to_string(), Some(buf.split().freeze()))
             }
-            RetainedOp::Set(msg) => {
-                let key = subject::topic_tokens(&msg.topic);
-                let r = link.retained_kv.delete(key).await;
-                (msg.topic.to_string(), r.map_err(|e| e.to_string()))
-            }
-            RetainedOp::Delete(topic) => {
-                let key = subject::topic_tokens(&topic);
-                let r = link.retained_kv.delete(key).await;
-                (topic, r.map_err(|e| e.to_string()))
-            }
+            RetainedOp::Set(msg) => (msg.topic.to_string(), None),
+            RetainedOp::Delete(topic) => (topic, None),
         };
-        if let Err(error) = result {
-            warn!(%topic, %error, "cluster: the retained message could not be written to the bucket");
+        let key = subject::topic_tokens(&topic);
+        // Retried until it is written (JetStream may be electing a leader), in order.
+        let kv = &link.retained_kv;
+        let _ = persist("retained message", &cancel, || async {
+            match &value {
+                Some(v) => kv
+                    .put(key.as_str(), v.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => kv.delete(key.as_str()).await.map_err(|e| e.to_string()),
+            }
+        })
+        .await;
+    }
+}
+
+/// Runs `op` until it succeeds or the broker stops, waiting longer after each failure (up
+/// to 2 s). The first failure and every tenth after it are logged.
+async fn persist<T, F, Fut>(what: &str, cancel: &CancellationToken, mut op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut failures = 0u32;
+    loop {
+        match op().await {
+            Ok(v) => {
+                if failures > 0 {
+                    info!(
+                        what,
+                        failures, "cluster: written to JetStream after retrying"
+                    );
+                }
+                return Some(v);
+            }
+            Err(error) => {
+                if failures.is_multiple_of(10) {
+                    warn!(what, %error, "cluster: JetStream write failed; retrying");
+                }
+                failures += 1;
+                let wait = Duration::from_millis(100 * u64::from(failures.min(20)));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => return None,
+                }
+            }
         }
     }
 }
@@ -653,44 +786,107 @@ async fn subscribe(
         Key::Plain(f) => (f, None),
         Key::Group(g, f) => (f, Some(queue_name(g, f))),
     };
-    let subjects = subject::filter_subjects(&link.prefix, filter);
     let via = Arc::new(key.clone());
     let mut n = 0;
-    for s in subjects {
+    let core = subject::filter_subjects(&link.prefix, filter);
+    let durable = subject::filter_subjects(&link.qprefix, filter);
+    // QoS 0 from core NATS; QoS 1/2 from the stream for plain subscriptions (an ordered
+    // consumer per subject: a gap, as when the node moves to another NATS server, makes it
+    // start again from the last message it had) and from core NATS queue groups for shared
+    // ones (NATS picks the node).
+    let mut pumps: Vec<(String, MessageSource)> = Vec::new();
+    for s in core
+        .iter()
+        .chain(queue.is_some().then_some(&durable).into_iter().flatten())
+    {
         let sub = match &queue {
             None => link.data.subscribe(s.clone()).await,
             Some(q) => link.share.queue_subscribe(s.clone(), q.clone()).await,
         };
-        let mut sub = match sub {
-            Ok(sub) => sub,
-            Err(e) => {
-                warn!(subject = %s, error = %e, "cluster: cannot subscribe on NATS");
-                continue;
+        match sub {
+            Ok(sub) => pumps.push((s.clone(), MessageSource::Core(sub))),
+            Err(e) => warn!(subject = %s, error = %e, "cluster: cannot subscribe on NATS"),
+        }
+    }
+    if queue.is_none() {
+        for s in durable {
+            match ordered_consumer(link, &s).await {
+                Ok(messages) => pumps.push((s, MessageSource::Stream(Box::new(messages)))),
+                Err(e) => {
+                    warn!(subject = %s, error = %e, "cluster: cannot consume the stream of QoS 1/2 messages")
+                }
             }
-        };
+        }
+    }
+    for (subject, mut source) in pumps {
         n += 1;
         let (inbound, via, stop, link) = (inbound.clone(), via.clone(), stop.clone(), link.clone());
         tokio::spawn(async move {
+            let mut errors = 0u64;
             loop {
                 tokio::select! {
-                    m = sub.next() => match m {
-                        Some(m) => {
-                            if inbound.send(Inbound { payload: m.payload, via: via.clone() }).is_err() {
+                    m = source.next() => match m {
+                        Some(Ok(payload)) => {
+                            if inbound.send(Inbound { payload, via: via.clone() }).is_err() {
                                 break;
                             }
+                        }
+                        Some(Err(e)) => {
+                            if errors.is_multiple_of(100) {
+                                warn!(%subject, error = %e, "cluster: the stream consumer failed; it carries on from its last message");
+                            }
+                            errors += 1;
                         }
                         None => break,
                     },
                     _ = stop.cancelled() => {
-                        let _ = sub.unsubscribe().await;
-                        link.stats.subjects.fetch_sub(1, Ordering::Relaxed);
+                        if let MessageSource::Core(sub) = &mut source {
+                            let _ = sub.unsubscribe().await;
+                        }
                         break;
                     }
                 }
             }
+            link.stats.subjects.fetch_sub(1, Ordering::Relaxed);
         });
     }
     n
+}
+
+/// Where a NATS subscription's messages come from.
+enum MessageSource {
+    Core(async_nats::Subscriber),
+    Stream(Box<jetstream::consumer::push::Ordered>),
+}
+
+impl MessageSource {
+    async fn next(&mut self) -> Option<Result<Bytes, String>> {
+        match self {
+            MessageSource::Core(sub) => sub.next().await.map(|m| Ok(m.payload)),
+            MessageSource::Stream(messages) => messages
+                .next()
+                .await
+                .map(|m| m.map(|m| m.message.payload).map_err(|e| e.to_string())),
+        }
+    }
+}
+
+/// An ordered push consumer of the QoS 1/2 stream on `subject`, from new messages on.
+async fn ordered_consumer(
+    link: &Link,
+    subject: &str,
+) -> Result<jetstream::consumer::push::Ordered, String> {
+    let consumer = link
+        .msgs
+        .create_consumer(jetstream::consumer::push::OrderedConfig {
+            deliver_subject: link.data.new_inbox(),
+            filter_subject: subject.to_owned(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
 }
 
 /// The NATS queue group of shared subscription `$share/<group>/<filter>`: the same on every
@@ -807,6 +1003,11 @@ async fn deliver_loop(
             };
             match &*via {
                 Key::Plain(_) => {
+                    if instance == link.instance {
+                        // This node's own message back from the stream (`no_echo` covers
+                        // core NATS only): its subscribers had it when it was published.
+                        continue;
+                    }
                     if !windows.first_time(instance, seq) {
                         link.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;

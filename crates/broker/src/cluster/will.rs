@@ -87,9 +87,13 @@ pub(super) async fn writer(
             WillOp::Set(client_id, msg, delay) => {
                 let key = subject::topic_tokens(&client_id);
                 let value = encode(link.instance, delay, &msg);
-                if let Err(e) = link.wills_kv.put(key, value).await {
-                    debug!(client_id, error = %e, "cluster: will not recorded");
-                }
+                let kv = &link.wills_kv;
+                let _ = super::persist("will", &cancel, || async {
+                    kv.put(key.as_str(), value.clone())
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await;
             }
             WillOp::Clear(client_id) => {
                 let key = subject::topic_tokens(&client_id);
