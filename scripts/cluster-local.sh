@@ -272,7 +272,7 @@ check_ports_free() {
     if in_use "$port"; then taken="$taken $port"; fi
   done
   if [ -n "$taken" ]; then
-    die "in use on 127.0.0.1:$taken (another broker or NATS server? Debian's nats-server service listens on 4222: \`systemctl stop nats-server\`); choose other ports with MQTT_PORT_BASE, HTTP_PORT_BASE, NATS_PORT_BASE, NATS_ROUTE_PORT_BASE, NATS_HTTP_PORT_BASE"
+    die "port(s)$taken in use on 127.0.0.1 (another broker or NATS server? Debian's nats-server service listens on 4222: \`systemctl stop nats-server\`); choose other ports with MQTT_PORT_BASE, HTTP_PORT_BASE, NATS_PORT_BASE, NATS_ROUTE_PORT_BASE, NATS_HTTP_PORT_BASE"
   fi
 }
 
