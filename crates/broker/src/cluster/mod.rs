@@ -225,7 +225,9 @@ impl Link {
                 }
             }
         };
-        let js = jetstream::new(data.clone());
+        let mut js = jetstream::new(data.clone());
+        // A request to a NATS server that just died is given up soon and made again.
+        js.set_timeout(Duration::from_secs(2));
         let retained_kv = bucket(
             &js,
             &format!("{}_retained", config.name),
@@ -541,6 +543,7 @@ pub(crate) async fn start(shared: &Arc<Shared>, wait: Duration) {
     tracker.spawn(heartbeat_loop(shared.clone(), link.clone()));
     tracker.spawn(members_loop(link.clone(), cancel.clone()));
     tracker.spawn(session::serve_takes(shared.clone(), link.clone()));
+    tracker.spawn(session::reconcile(shared.clone(), link.clone()));
     tracker.spawn(session::ended_loop(link.clone(), rx.ended, cancel.clone()));
     tracker.spawn(will::writer(link.clone(), rx.wills, cancel.clone()));
     tracker.spawn(will::reaper(shared.clone(), link.clone()));
@@ -810,12 +813,17 @@ async fn subscribe(
     }
     if queue.is_none() {
         for s in durable {
-            match ordered_consumer(link, &s).await {
-                Ok(messages) => pumps.push((s, MessageSource::Stream(Box::new(messages)))),
-                Err(e) => {
-                    warn!(subject = %s, error = %e, "cluster: cannot consume the stream of QoS 1/2 messages")
-                }
+            let mut source = StreamSource {
+                link: link.clone(),
+                subject: s.clone(),
+                last: None,
+                messages: None,
+            };
+            // Created now, so that the SUBACK's sync covers it.
+            if let Err(e) = source.open().await {
+                warn!(subject = %s, error = %e, "cluster: cannot consume the stream of QoS 1/2 messages yet; retrying");
             }
+            pumps.push((s, MessageSource::Stream(Box::new(source))));
         }
     }
     for (subject, mut source) in pumps {
@@ -856,37 +864,75 @@ async fn subscribe(
 /// Where a NATS subscription's messages come from.
 enum MessageSource {
     Core(async_nats::Subscriber),
-    Stream(Box<jetstream::consumer::push::Ordered>),
+    Stream(Box<StreamSource>),
 }
 
 impl MessageSource {
     async fn next(&mut self) -> Option<Result<Bytes, String>> {
         match self {
             MessageSource::Core(sub) => sub.next().await.map(|m| Ok(m.payload)),
-            MessageSource::Stream(messages) => messages
-                .next()
-                .await
-                .map(|m| m.map(|m| m.message.payload).map_err(|e| e.to_string())),
+            MessageSource::Stream(source) => Some(source.next().await),
         }
     }
 }
 
-/// An ordered push consumer of the QoS 1/2 stream on `subject`, from new messages on.
-async fn ordered_consumer(
-    link: &Link,
-    subject: &str,
-) -> Result<jetstream::consumer::push::Ordered, String> {
-    let consumer = link
-        .msgs
-        .create_consumer(jetstream::consumer::push::OrderedConfig {
-            deliver_subject: link.data.new_inbox(),
-            filter_subject: subject.to_owned(),
-            deliver_policy: jetstream::consumer::DeliverPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    consumer.messages().await.map_err(|e| e.to_string())
+/// An ordered push consumer of the QoS 1/2 stream on one subject, from new messages on.
+/// The client's ordered consumer starts again by itself after a gap; when it gives up (its
+/// stream ends), a new one starts after the last message received, so that nothing is
+/// skipped (repeats are dropped by sequence number on delivery).
+struct StreamSource {
+    link: Arc<Link>,
+    subject: String,
+    /// Stream sequence of the last message received.
+    last: Option<u64>,
+    messages: Option<jetstream::consumer::push::Ordered>,
+}
+
+impl StreamSource {
+    async fn open(&mut self) -> Result<(), String> {
+        use jetstream::consumer::DeliverPolicy;
+        let deliver_policy = match self.last {
+            Some(seq) => DeliverPolicy::ByStartSequence {
+                start_sequence: seq + 1,
+            },
+            None => DeliverPolicy::New,
+        };
+        let consumer = self
+            .link
+            .msgs
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.link.data.new_inbox(),
+                filter_subject: self.subject.clone(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.messages = Some(consumer.messages().await.map_err(|e| e.to_string())?);
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<Bytes, String> {
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                if let Err(e) = self.open().await {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    return Err(e);
+                }
+                continue;
+            };
+            match messages.next().await {
+                Some(Ok(m)) => {
+                    if let Ok(info) = m.info() {
+                        self.last = Some(info.stream_sequence);
+                    }
+                    return Ok(m.message.payload);
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => self.messages = None,
+            }
+        }
+    }
 }
 
 /// The NATS queue group of shared subscription `$share/<group>/<filter>`: the same on every

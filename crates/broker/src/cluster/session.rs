@@ -258,6 +258,60 @@ pub(super) async fn ended_loop(
     }
 }
 
+/// After a restart: sessions read from this node's store whose client connected to another
+/// node meanwhile (the bucket names another owner) are ended here; those nobody claimed are
+/// recorded as this node's.
+pub(super) async fn reconcile(shared: Arc<Shared>, link: Arc<Link>) {
+    let mine = link.owner_value();
+    let (mut kept, mut dropped) = (0usize, 0usize);
+    for entry in shared.sessions.all() {
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
+        if entry.is_connected() || crate::bridge::is_bridge_id(&entry.client_id) {
+            continue;
+        }
+        let key = subject::topic_tokens(&entry.client_id);
+        let owner = match link.sessions_kv.entry(key.clone()).await {
+            Ok(e) => e,
+            Err(_) => continue,
+        };
+        let elsewhere = owner.as_ref().is_some_and(|e| {
+            e.operation == async_nats::jetstream::kv::Operation::Put
+                && std::str::from_utf8(&e.value)
+                    .ok()
+                    .and_then(|v| v.split(' ').next())
+                    .is_some_and(|node| node != link.config.node)
+        });
+        if elsewhere {
+            if shared.sessions.remove_idle(&entry) {
+                let mut state = entry.state.lock().await;
+                shared.clear_session(&entry, &mut state);
+                dropped += 1;
+            }
+        } else {
+            match owner {
+                Some(e) => {
+                    let _ = link
+                        .sessions_kv
+                        .update(&key, mine.clone(), e.revision)
+                        .await;
+                }
+                None => {
+                    let _ = link.sessions_kv.create(&key, mine.clone()).await;
+                }
+            }
+            kept += 1;
+        }
+    }
+    if kept + dropped > 0 {
+        info!(
+            kept,
+            dropped, "cluster: stored sessions checked against the cluster's owners"
+        );
+    }
+}
+
 /// Answers other nodes' requests for this node's sessions.
 pub(super) async fn serve_takes(shared: Arc<Shared>, link: Arc<Link>) {
     let mut sub = match link
