@@ -124,8 +124,7 @@ impl Shared {
             .filter(|_| !msg.topic.starts_with("$SYS"));
         let mut routed = self.route(&msg, targets, cluster.is_none(), true);
         if let Some(link) = cluster {
-            link.forward(&msg);
-            routed.forwarded = true;
+            routed.forwarded = link.forward(&msg);
         }
         routed
     }

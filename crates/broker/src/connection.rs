@@ -976,9 +976,14 @@ impl<S: Transport> Conn<S> {
                     }
                 }
                 _ = tokio::time::sleep_until(self.paused_until.unwrap_or_else(Instant::now).into()), if self.paused_until.is_some() => {
-                    // Back under its publish limits: read again. The pause was ours, not
-                    // the client's silence.
-                    self.paused_until = None;
+                    // Back under its publish limits: read again (in a cluster, once NATS has
+                    // taken the backlog in). The pause was ours, not the client's silence.
+                    self.paused_until = self
+                        .shared
+                        .cluster
+                        .as_ref()
+                        .filter(|c| c.backlogged())
+                        .map(|_| Instant::now() + STORE_BACKOFF);
                     self.last_rx = Instant::now();
                 }
                 _ = &mut self.ka_timer, if self.keep_alive > 0 && self.paused_until.is_none() => {

@@ -24,6 +24,7 @@
 //! - `$SYS` topics stay on their node: each node reports its own.
 
 pub(crate) mod config;
+mod routes;
 mod session;
 mod subject;
 mod will;
@@ -108,8 +109,9 @@ impl Key {
 /// store encodes it.
 const WIRE_VERSION: u8 = 1;
 
-/// Messages forwarded but not yet handed to NATS beyond which publishers are slowed down.
-const BACKLOG_LIMIT: usize = 100_000;
+/// Messages forwarded but not yet handed to NATS beyond which publishers are not read from
+/// until it is back under.
+const BACKLOG_LIMIT: usize = 20_000;
 
 /// Sequence numbers remembered per sending instance, for dropping repeats.
 const WINDOW_BITS: u64 = 1 << 16;
@@ -155,6 +157,10 @@ pub(crate) struct Link {
     nodes_kv: kv::Store,
     /// Which node owns each client id's session.
     sessions_kv: kv::Store,
+    /// The filters every node's sessions hold, and the tree of those that make this node
+    /// forward (see `routes`).
+    routes_kv: kv::Store,
+    remote: std::sync::RwLock<routes::FilterTree>,
     /// Client ids whose sessions ended here.
     ended: mpsc::UnboundedSender<String>,
     /// The wills of connected clients, by client id.
@@ -253,6 +259,14 @@ impl Link {
         )
         .await?;
         let msgs = message_stream(&js, config, deadline).await?;
+        let routes_kv = bucket(
+            &js,
+            &format!("{}_routes", config.name),
+            config.replicas,
+            Duration::ZERO,
+            deadline,
+        )
+        .await?;
         let wills_kv = bucket(
             &js,
             &format!("{}_wills", config.name),
@@ -278,6 +292,8 @@ impl Link {
             retained_kv,
             nodes_kv,
             sessions_kv,
+            routes_kv,
+            remote: std::sync::RwLock::new(routes::FilterTree::default()),
             ended,
             wills_kv,
             wills_out,
@@ -316,16 +332,26 @@ impl Link {
         }
     }
 
-    /// Hands a message received from a local client to the other nodes (and its retained
-    /// state to the bucket). Never waits; see [`Link::backlogged`].
-    pub fn forward(&self, msg: &Arc<Message>) {
+    /// Hands a message received on this node to the other nodes if one of them wants it
+    /// (or a shared group does), and its retained state to the bucket. Returns whether it
+    /// went to NATS. Never waits; see [`Link::backlogged`].
+    pub fn forward(&self, msg: &Arc<Message>) -> bool {
         if msg.retain {
             let _ = self.retained_out.send(RetainedOp::Set(msg.clone()));
+        }
+        let wanted = self
+            .remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .matches(&msg.topic);
+        if !wanted {
+            return false;
         }
         self.backlog.fetch_add(1, Ordering::Relaxed);
         if self.out.send(msg.clone()).is_err() {
             self.backlog.fetch_sub(1, Ordering::Relaxed);
         }
+        true
     }
 
     /// Deletes a retained message cluster-wide (the admin API's delete).
@@ -531,6 +557,8 @@ pub(crate) async fn start(shared: &Arc<Shared>, wait: Duration) {
     let (inbound, inbound_rx) = mpsc::unbounded_channel();
     let cancel = shared.shutdown.clone();
     let tracker = &shared.tracker;
+    // The records of a previous run go before this run's are written.
+    let _ = tokio::time::timeout(wait, routes::clear_own(&link)).await;
     tracker.spawn(forward_loop(link.clone(), rx.out, cancel.clone()));
     tracker.spawn(retained_writer(link.clone(), rx.retained, cancel.clone()));
     tracker.spawn(interest_loop(
@@ -551,8 +579,13 @@ pub(crate) async fn start(shared: &Arc<Shared>, wait: Duration) {
     // a partial set.
     let (loaded_tx, loaded_rx) = oneshot::channel();
     tracker.spawn(retained_watch(shared.clone(), link.clone(), loaded_tx));
+    let (routes_tx, routes_rx) = oneshot::channel();
+    tracker.spawn(routes::watch(shared.clone(), link.clone(), routes_tx));
     if tokio::time::timeout(wait, loaded_rx).await.is_err() {
         warn!("cluster: the retained messages are still loading; serving meanwhile");
+    }
+    if tokio::time::timeout(wait, routes_rx).await.is_err() {
+        warn!("cluster: the other nodes' subscriptions are still loading; serving meanwhile");
     }
     info!(
         node = %link.config.node,
@@ -756,6 +789,17 @@ async fn interest_loop(
                 let stop = cancel.child_token();
                 let subjects = subscribe(&link, &key, &inbound, &stop).await;
                 link.stats.subjects.fetch_add(subjects, Ordering::Relaxed);
+                let (record, value) = (
+                    routes::record_key(&link.config.node, &key),
+                    routes::record_value(&key),
+                );
+                let kv = &link.routes_kv;
+                let _ = persist("route", &cancel, || async {
+                    kv.put(record.as_str(), value.clone())
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await;
                 held.insert(key, (1, stop));
             }
             Interest::Remove(key) => {
@@ -767,6 +811,12 @@ async fn interest_loop(
                     && let Some((_, stop)) = held.remove(&key)
                 {
                     stop.cancel();
+                    let record = routes::record_key(&link.config.node, &key);
+                    let kv = &link.routes_kv;
+                    let _ = persist("route", &cancel, || async {
+                        kv.delete(record.as_str()).await.map_err(|e| e.to_string())
+                    })
+                    .await;
                 }
             }
             Interest::Sync(done) => {
