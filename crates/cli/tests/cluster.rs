@@ -399,6 +399,30 @@ async fn sys_is_per_node_and_membership_is_reported() {
     assert!(value(&metrics, "sagitta_cluster_messages_sent_total") >= 10);
     let m1 = cluster.nodes[1].http_get("/metrics");
     assert!(value(&m1, "sagitta_cluster_messages_received_total") >= 10);
+    // Traffic nobody on another node wants stays off NATS.
+    let before = value(
+        &cluster.nodes[0].http_get("/metrics"),
+        "sagitta_cluster_messages_sent_total",
+    );
+    let local = client(&cluster.addr(0), "local-sub").await;
+    local
+        .subscribe_recv("local/only", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        c.publish_with("local/only", "x", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    assert_eq!(drain(&local, Duration::from_millis(300)).await.len(), 10);
+    let after = value(
+        &cluster.nodes[0].http_get("/metrics"),
+        "sagitta_cluster_messages_sent_total",
+    );
+    assert_eq!(
+        after, before,
+        "messages for this node's subscribers only are not sent to NATS"
+    );
     let api: serde_json::Value =
         serde_json::from_str(&cluster.nodes[2].http_get("/api/v1/cluster")).unwrap();
     assert_eq!(api["enabled"], true);

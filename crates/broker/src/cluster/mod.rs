@@ -161,6 +161,8 @@ pub(crate) struct Link {
     /// forward (see `routes`).
     routes_kv: kv::Store,
     remote: std::sync::RwLock<routes::FilterTree>,
+    /// The last revision of the routes bucket applied to `remote`.
+    applied: tokio::sync::watch::Sender<u64>,
     /// Client ids whose sessions ended here.
     ended: mpsc::UnboundedSender<String>,
     /// The wills of connected clients, by client id.
@@ -294,6 +296,7 @@ impl Link {
             sessions_kv,
             routes_kv,
             remote: std::sync::RwLock::new(routes::FilterTree::default()),
+            applied: tokio::sync::watch::Sender::new(0),
             ended,
             wills_kv,
             wills_out,
@@ -571,6 +574,7 @@ pub(crate) async fn start(shared: &Arc<Shared>, wait: Duration) {
     tracker.spawn(heartbeat_loop(shared.clone(), link.clone()));
     tracker.spawn(members_loop(link.clone(), cancel.clone()));
     tracker.spawn(session::serve_takes(shared.clone(), link.clone()));
+    tracker.spawn(routes::serve_sync(shared.clone(), link.clone()));
     tracker.spawn(session::reconcile(shared.clone(), link.clone()));
     tracker.spawn(session::ended_loop(link.clone(), rx.ended, cancel.clone()));
     tracker.spawn(will::writer(link.clone(), rx.wills, cancel.clone()));
@@ -774,6 +778,8 @@ async fn interest_loop(
     cancel: CancellationToken,
 ) {
     let mut held: HashMap<Key, (usize, CancellationToken)> = HashMap::new();
+    // The last route written, and the last one the other nodes confirmed.
+    let (mut written, mut confirmed) = (0u64, 0u64);
     loop {
         let change = tokio::select! {
             c = rx.recv() => c,
@@ -794,12 +800,13 @@ async fn interest_loop(
                     routes::record_value(&key),
                 );
                 let kv = &link.routes_kv;
-                let _ = persist("route", &cancel, || async {
+                let revision = persist("route", &cancel, || async {
                     kv.put(record.as_str(), value.clone())
                         .await
                         .map_err(|e| e.to_string())
                 })
                 .await;
+                written = written.max(revision.unwrap_or(0));
                 held.insert(key, (1, stop));
             }
             Interest::Remove(key) => {
@@ -821,6 +828,10 @@ async fn interest_loop(
             }
             Interest::Sync(done) => {
                 let _ = tokio::join!(link.data.flush(), link.share.flush());
+                if written > confirmed {
+                    routes::await_peers(&link, written).await;
+                    confirmed = written;
+                }
                 let _ = done.send(());
             }
         }

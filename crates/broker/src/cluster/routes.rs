@@ -199,12 +199,19 @@ pub(super) async fn watch(shared: Arc<Shared>, link: Arc<Link>, loaded: oneshot:
             if current {
                 let mut live = link.remote.write().unwrap_or_else(|e| e.into_inner());
                 apply(&mut live, &mut records);
+                drop(live);
+                link.applied.send_if_modified(|r| {
+                    let newer = entry.revision > *r;
+                    *r = (*r).max(entry.revision);
+                    newer
+                });
             } else {
                 apply(&mut tree, &mut records);
                 if entry.delta == 0 {
                     *link.remote.write().unwrap_or_else(|e| e.into_inner()) =
                         std::mem::take(&mut tree);
                     current = true;
+                    link.applied.send_modify(|r| *r = (*r).max(entry.revision));
                     if let Some(tx) = loaded.take() {
                         let _ = tx.send(());
                     }
@@ -215,6 +222,79 @@ pub(super) async fn watch(shared: Arc<Shared>, link: Arc<Link>, loaded: oneshot:
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = shared.shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Waits (at most a second) until every other live node has applied the routes bucket up
+/// to `revision`: a subscription's SUBACK waits for it, so that a message published on any
+/// node after the SUBACK is forwarded to this one.
+pub(super) async fn await_peers(link: &Link, revision: u64) {
+    let peers = link
+        .members()
+        .iter()
+        .filter(|m| m.node != link.config.node)
+        .count();
+    if peers == 0 {
+        return;
+    }
+    let inbox = link.data.new_inbox();
+    let Ok(mut replies) = link.data.subscribe(inbox.clone()).await else {
+        return;
+    };
+    let subject = format!("{}.r.sync", link.config.name);
+    if link
+        .data
+        .publish_with_reply(subject, inbox, Bytes::from(revision.to_string()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut answered = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while answered < peers {
+        match tokio::time::timeout_at(deadline, replies.next()).await {
+            Ok(Some(_)) => answered += 1,
+            _ => {
+                debug!(
+                    answered,
+                    peers, "cluster: not every node confirmed a new route in time"
+                );
+                break;
+            }
+        }
+    }
+}
+
+/// Answers other nodes' [`await_peers`] once this node has applied their route.
+pub(super) async fn serve_sync(shared: Arc<Shared>, link: Arc<Link>) {
+    let subject = format!("{}.r.sync", link.config.name);
+    let Ok(mut requests) = link.data.subscribe(subject).await else {
+        warn!("cluster: cannot answer route confirmations");
+        return;
+    };
+    loop {
+        let m = tokio::select! {
+            m = requests.next() => m,
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let Some(m) = m else { return };
+        let (Some(reply), Some(revision)) = (
+            m.reply,
+            std::str::from_utf8(&m.payload)
+                .ok()
+                .and_then(|r| r.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        let link = link.clone();
+        tokio::spawn(async move {
+            let mut applied = link.applied.subscribe();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), applied.wait_for(|r| *r >= revision))
+                    .await;
+            let _ = link.data.publish(reply, Bytes::new()).await;
+        });
     }
 }
 
