@@ -1111,6 +1111,20 @@ mod tests {
     }
 
     #[test]
+    fn example_cluster_table_parses() {
+        let c = Config::from_toml(&example_tables("# [cluster]\n", "\n\n")).unwrap();
+        let cluster = c.cluster.as_ref().unwrap();
+        assert_eq!(cluster.node, "n1");
+        assert_eq!(cluster.servers.len(), 3);
+        assert_eq!(cluster.replicas, 3);
+        c.validate().unwrap();
+        assert!(
+            !format!("{cluster:?}").contains("secret"),
+            "the password is not shown"
+        );
+    }
+
+    #[test]
     fn example_http_table_parses() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagitta.example.toml");
         let text = std::fs::read_to_string(path).unwrap();
