@@ -236,47 +236,17 @@ impl Link {
         let mut js = jetstream::new(data.clone());
         // A request to a NATS server that just died is given up soon and made again.
         js.set_timeout(Duration::from_secs(2));
-        let retained_kv = bucket(
-            &js,
-            &format!("{}_retained", config.name),
-            config.replicas,
-            Duration::ZERO,
-            deadline,
-        )
-        .await?;
-        let nodes_kv = bucket(
-            &js,
-            &format!("{}_nodes", config.name),
-            config.replicas,
-            config.heartbeat() * 3,
-            deadline,
-        )
-        .await?;
-        let sessions_kv = bucket(
-            &js,
-            &format!("{}_sessions", config.name),
-            config.replicas,
-            Duration::ZERO,
-            deadline,
-        )
-        .await?;
+        let open = |suffix: &str, max_age: Duration| {
+            let name = format!("{}_{suffix}", config.name);
+            let js = &js;
+            async move { bucket(js, &name, config.replicas, max_age, deadline).await }
+        };
+        let retained_kv = open("retained", Duration::ZERO).await?;
+        let nodes_kv = open("nodes", config.heartbeat() * 3).await?;
+        let sessions_kv = open("sessions", Duration::ZERO).await?;
         let msgs = message_stream(&js, config, deadline).await?;
-        let routes_kv = bucket(
-            &js,
-            &format!("{}_routes", config.name),
-            config.replicas,
-            Duration::ZERO,
-            deadline,
-        )
-        .await?;
-        let wills_kv = bucket(
-            &js,
-            &format!("{}_wills", config.name),
-            config.replicas,
-            Duration::ZERO,
-            deadline,
-        )
-        .await?;
+        let routes_kv = open("routes", Duration::ZERO).await?;
+        let wills_kv = open("wills", Duration::ZERO).await?;
         let (wills_out, wills_rx) = mpsc::unbounded_channel();
         let (ended, ended_rx) = mpsc::unbounded_channel();
         let (out, out_rx) = mpsc::unbounded_channel();
