@@ -579,10 +579,24 @@ async fn forward_loop(
     // The batch's QoS 1/2 messages: subject, wire bytes, JetStream message id.
     let mut durable: Vec<(String, Bytes, String)> = Vec::new();
     let mut last_error: Option<Instant> = None;
+    // At shutdown it goes on for a moment, so that the wills the closing connections
+    // publish reach the other nodes.
+    let mut until = None;
     loop {
-        let n = tokio::select! {
-            n = rx.recv_many(&mut batch, 1024) => n,
-            _ = cancel.cancelled() => break,
+        let n = if cancel.is_cancelled() {
+            let until =
+                *until.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(3));
+            let wait =
+                tokio::time::timeout(Duration::from_millis(300), rx.recv_many(&mut batch, 1024));
+            match tokio::time::timeout_at(until, wait).await {
+                Ok(Ok(n)) => n,
+                _ => break,
+            }
+        } else {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, 1024) => n,
+                _ = cancel.cancelled() => continue,
+            }
         };
         if n == 0 {
             break;

@@ -71,7 +71,9 @@ fn decode(mut value: Bytes) -> Option<(u64, u32, Message)> {
     Some((instance, delay, decode_message(&value)?))
 }
 
-/// Writes this node's will records, in order.
+/// Writes this node's will records, in order. At shutdown it goes on for a moment: the
+/// connections closing publish their wills and the records must go, or another node would
+/// publish them again once this one is gone.
 pub(super) async fn writer(
     link: Arc<Link>,
     mut rx: mpsc::UnboundedReceiver<WillOp>,
@@ -80,32 +82,45 @@ pub(super) async fn writer(
     loop {
         let op = tokio::select! {
             op = rx.recv() => op,
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
         };
         let Some(op) = op else { return };
-        match op {
-            WillOp::Set(client_id, msg, delay) => {
-                let key = subject::topic_tokens(&client_id);
-                let value = encode(link.instance, delay, &msg);
-                let kv = &link.wills_kv;
-                let _ = super::persist("will", &cancel, || async {
-                    kv.put(key.as_str(), value.clone())
-                        .await
-                        .map_err(|e| e.to_string())
-                })
-                .await;
-            }
-            WillOp::Clear(client_id) => {
-                let key = subject::topic_tokens(&client_id);
-                if let Ok(Some(e)) = link.wills_kv.entry(key.clone()).await
-                    && e.operation == kv::Operation::Put
-                    && instance_of(&e.value) == Some(link.instance)
-                {
-                    let _ = link
-                        .wills_kv
-                        .delete_expect_revision(&key, Some(e.revision))
-                        .await;
-                }
+        apply(&link, op, &cancel).await;
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Ok(Some(op))) = tokio::time::timeout_at(
+        until,
+        tokio::time::timeout(Duration::from_millis(300), rx.recv()),
+    )
+    .await
+    {
+        apply(&link, op, &cancel).await;
+    }
+}
+
+async fn apply(link: &Link, op: WillOp, cancel: &CancellationToken) {
+    match op {
+        WillOp::Set(client_id, msg, delay) => {
+            let key = subject::topic_tokens(&client_id);
+            let value = encode(link.instance, delay, &msg);
+            let kv = &link.wills_kv;
+            let _ = super::persist("will", cancel, || async {
+                kv.put(key.as_str(), value.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        }
+        WillOp::Clear(client_id) => {
+            let key = subject::topic_tokens(&client_id);
+            if let Ok(Some(e)) = link.wills_kv.entry(key.clone()).await
+                && e.operation == kv::Operation::Put
+                && instance_of(&e.value) == Some(link.instance)
+            {
+                let _ = link
+                    .wills_kv
+                    .delete_expect_revision(&key, Some(e.revision))
+                    .await;
             }
         }
     }
