@@ -125,6 +125,25 @@ impl Node {
         }
     }
 
+    /// SIGTERM: a clean stop (clients get DISCONNECT 0x8B and their wills are published).
+    fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let pid = p.child().id().to_string();
+            assert!(
+                Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while p.child().try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "node {} did not stop", self.name);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
     /// GET on the node's HTTP listener; the body.
     fn http_get(&self, path: &str) -> String {
         use std::io::Write;
@@ -834,4 +853,38 @@ fn cluster_tables_are_checked() {
     let bad = check("[cluster]\nnode = \"a\"\nservers = [\"x\"]\nreplicas = 9\n");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("cluster.replicas"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_publishes_each_will_once() {
+    let mut cluster = Cluster::start(1);
+    let watcher = client(&cluster.addr(1), "watcher").await;
+    watcher
+        .subscribe_recv("bye/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(
+            Client::builder(cluster.addr(0))
+                .client_id(format!("leaver{i}"))
+                .will(LastWill::new(format!("bye/{i}"), "stopped").qos(QoS::AtLeastOnce))
+                .reconnect(ReconnectPolicy::disabled())
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The node publishes the wills as it stops; no other node publishes them again once its
+    // heartbeats are missed (1 s heartbeats: 3 s, then a reaping period).
+    tokio::task::block_in_place(|| cluster.nodes[0].stop());
+    let mut seen: Vec<String> = Vec::new();
+    let until = Instant::now() + Duration::from_secs(7);
+    while let Ok(Some(m)) = tokio::time::timeout_at(until.into(), watcher.recv()).await {
+        seen.push(m.topic.to_string());
+    }
+    seen.sort();
+    let want: Vec<String> = (0..5).map(|i| format!("bye/{i}")).collect();
+    assert_eq!(seen, want, "each will once, from the stopping node itself");
 }
