@@ -161,6 +161,8 @@ pub(crate) struct Link {
     /// forward (see `routes`).
     routes_kv: kv::Store,
     remote: std::sync::RwLock<routes::FilterTree>,
+    /// Restarts of the stream consumers (see `StreamSource`).
+    consumer_epoch: AtomicU64,
     /// The last revision of the routes bucket applied to `remote`.
     applied: tokio::sync::watch::Sender<u64>,
     /// Client ids whose sessions ended here.
@@ -267,6 +269,7 @@ impl Link {
             routes_kv,
             remote: std::sync::RwLock::new(routes::FilterTree::default()),
             applied: tokio::sync::watch::Sender::new(0),
+            consumer_epoch: AtomicU64::new(0),
             ended,
             wills_kv,
             wills_out,
@@ -862,6 +865,7 @@ async fn subscribe(
                 link: link.clone(),
                 subject: s.clone(),
                 last: None,
+                epoch: 0,
                 messages: None,
             };
             // Created now, so that the SUBACK's sync covers it.
@@ -921,26 +925,38 @@ impl MessageSource {
     }
 }
 
-/// An ordered push consumer of the QoS 1/2 stream on one subject, from new messages on.
-/// The client's ordered consumer starts again by itself after a gap; when it gives up (its
-/// stream ends), a new one starts after the last message received, so that nothing is
-/// skipped (repeats are dropped by sequence number on delivery).
+/// An ordered push consumer of the QoS 1/2 stream on one subject, from the stream's end
+/// when it is made. The client's ordered consumer starts again by itself after a gap it
+/// notices; but when a NATS server dies, the consumers it held may go silent without an
+/// error on this side. So any consumer's error (a missed heartbeat) makes every consumer
+/// of the node start again after the last message it had: nothing is skipped, and repeats
+/// are dropped by sequence number on delivery.
 struct StreamSource {
     link: Arc<Link>,
     subject: String,
-    /// Stream sequence of the last message received.
+    /// Stream sequence of the last message received (or the stream's last when made).
     last: Option<u64>,
+    /// The node's consumer restarts counted when this one was opened.
+    epoch: u64,
     messages: Option<jetstream::consumer::push::Ordered>,
 }
 
 impl StreamSource {
     async fn open(&mut self) -> Result<(), String> {
         use jetstream::consumer::DeliverPolicy;
-        let deliver_policy = match self.last {
-            Some(seq) => DeliverPolicy::ByStartSequence {
-                start_sequence: seq + 1,
-            },
-            None => DeliverPolicy::New,
+        self.epoch = self.link.consumer_epoch.load(Ordering::Acquire);
+        let last = match self.last {
+            Some(seq) => seq,
+            None => {
+                let name = format!("{}_msgs", self.link.config.name);
+                let stream = self
+                    .link
+                    .js
+                    .get_stream(&name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                stream.cached_info().state.last_sequence
+            }
         };
         let consumer = self
             .link
@@ -948,17 +964,24 @@ impl StreamSource {
             .create_consumer(jetstream::consumer::push::OrderedConfig {
                 deliver_subject: self.link.data.new_inbox(),
                 filter_subject: self.subject.clone(),
-                deliver_policy,
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: last + 1,
+                },
                 ..Default::default()
             })
             .await
             .map_err(|e| e.to_string())?;
         self.messages = Some(consumer.messages().await.map_err(|e| e.to_string())?);
+        self.last = Some(last);
         Ok(())
     }
 
     async fn next(&mut self) -> Result<Bytes, String> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
+            if self.link.consumer_epoch.load(Ordering::Acquire) != self.epoch {
+                self.messages = None;
+            }
             let Some(messages) = self.messages.as_mut() else {
                 if let Err(e) = self.open().await {
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -966,15 +989,22 @@ impl StreamSource {
                 }
                 continue;
             };
-            match messages.next().await {
-                Some(Ok(m)) => {
-                    if let Ok(info) = m.info() {
-                        self.last = Some(info.stream_sequence);
+            tokio::select! {
+                m = messages.next() => match m {
+                    Some(Ok(m)) => {
+                        if let Ok(info) = m.info() {
+                            self.last = Some(info.stream_sequence);
+                        }
+                        return Ok(m.message.payload);
                     }
-                    return Ok(m.message.payload);
-                }
-                Some(Err(e)) => return Err(e.to_string()),
-                None => self.messages = None,
+                    Some(Err(e)) => {
+                        // Every consumer of this node starts again (this one too).
+                        self.link.consumer_epoch.fetch_add(1, Ordering::AcqRel);
+                        return Err(e.to_string());
+                    }
+                    None => self.messages = None,
+                },
+                _ = tick.tick() => {}
             }
         }
     }

@@ -175,7 +175,7 @@ impl Link {
         }
         warn!(
             client_id,
-            "cluster: could not record this node as the session's owner (claimed elsewhere at the same time)"
+            "cluster: could not record this node as the session's owner (claimed elsewhere at the same time, or JetStream unavailable)"
         );
         handoff
     }
