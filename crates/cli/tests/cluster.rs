@@ -63,6 +63,7 @@ impl Node {
             &config,
             format!(
                 "listen = [\"127.0.0.1:{port}\"]\ndata_dir = \"{}\"\nsys_interval = 1\n\
+                 max_queued_messages = 100000\n\
                  [http]\nbind = \"127.0.0.1:{http}\"\n\
                  [cluster]\nnode = \"{name}\"\nservers = [{}]\nreplicas = {replicas}\n\
                  heartbeat_secs = 1\n",
@@ -756,7 +757,9 @@ async fn killing_a_nats_server_loses_nothing_and_the_brokers_keep_serving() {
         .await
         .unwrap();
     let publisher = client(&cluster.addr(0), "steady-pub").await;
-    // The NATS server the publisher's node is connected to dies mid-stream.
+    // The NATS server the publisher's node is connected to dies mid-stream. (The nodes
+    // queue up to 100 000 messages per session: the messages held up by the fail-over come
+    // in a burst.)
     let api: serde_json::Value =
         serde_json::from_str(&cluster.nodes[0].http_get("/api/v1/cluster")).unwrap();
     let server = api["server"].as_str().unwrap().to_owned();
