@@ -548,6 +548,7 @@ pub(crate) async fn start(shared: &Arc<Shared>, wait: Duration) {
     tracker.spawn(members_loop(link.clone(), cancel.clone()));
     tracker.spawn(session::serve_takes(shared.clone(), link.clone()));
     tracker.spawn(routes::serve_sync(shared.clone(), link.clone()));
+    tracker.spawn(consumer_watchdog(link.clone(), cancel.clone()));
     tracker.spawn(session::reconcile(shared.clone(), link.clone()));
     tracker.spawn(session::ended_loop(link.clone(), rx.ended, cancel.clone()));
     tracker.spawn(will::writer(link.clone(), rx.wills, cancel.clone()));
@@ -922,6 +923,45 @@ impl MessageSource {
             MessageSource::Core(sub) => sub.next().await.map(|m| Ok(m.payload)),
             MessageSource::Stream(source) => Some(source.next().await),
         }
+    }
+}
+
+/// Makes every stream consumer of the node start again after its last message when the
+/// stream's leader changes or the node's NATS connection moves to another server: the
+/// consumers held by a NATS server that died may go silent without telling this side.
+async fn consumer_watchdog(link: Arc<Link>, cancel: CancellationToken) {
+    let name = format!("{}_msgs", link.config.name);
+    let mut seen: Option<(String, String)> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.cancelled() => return,
+        }
+        let Ok(stream) = link.js.get_stream(&name).await else {
+            continue;
+        };
+        // The leader, and the replicas that are online and current: the consumers live on
+        // those servers.
+        let cluster = stream.cached_info().cluster.as_ref();
+        let mut peers: Vec<String> = cluster
+            .map(|c| {
+                c.replicas
+                    .iter()
+                    .filter(|p| p.current && !p.offline)
+                    .map(|p| p.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        peers.sort();
+        if let Some(leader) = cluster.and_then(|c| c.leader.clone()) {
+            peers.insert(0, leader);
+        }
+        let now = (peers.join(","), link.data.server_info().server_id);
+        if seen.as_ref().is_some_and(|s| *s != now) {
+            info!(servers = %now.0, "cluster: the message stream's servers or this node's NATS server changed; its consumers start again");
+            link.consumer_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        seen = Some(now);
     }
 }
 
