@@ -470,8 +470,16 @@ async fn disconnecting_clients_and_ending_sessions() {
         [Packet::Disconnect(d)] => assert_eq!(d.reason, ReasonCode::AdministrativeAction),
         other => panic!("expected DISCONNECT 0x98, got {other:?}"),
     }
-    // The session stays (the client may come back) until it is ended too.
-    let left = get_json(http, "/api/v1/clients/five").await;
+    // The session stays (the client may come back) until it is ended too. (The socket closes
+    // just before the connection task marks the session disconnected: poll briefly.)
+    let mut left = get_json(http, "/api/v1/clients/five").await;
+    for _ in 0..100 {
+        if left["connected"] == false {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        left = get_json(http, "/api/v1/clients/five").await;
+    }
     assert_eq!(left["connected"], false);
     let r = request(
         http,
