@@ -47,8 +47,7 @@ impl FilterTree {
     /// Whether some filter in the tree matches `topic` (wildcards in the first level do not
     /// match topics starting with `$`).
     pub fn matches(&self, topic: &str) -> bool {
-        let levels: Vec<&str> = topic.split('/').collect();
-        matches(self, &levels, topic.starts_with('$'))
+        matches(self, Some(topic), topic.starts_with('$'))
     }
 }
 
@@ -65,14 +64,20 @@ fn remove(node: &mut FilterTree, levels: &[&str]) -> bool {
     node.here == 0 && node.children.is_empty()
 }
 
-fn matches(node: &FilterTree, levels: &[&str], system: bool) -> bool {
-    let Some((first, rest)) = levels.split_first() else {
+/// Walks `rest` (the topic's remaining levels, `None` past the last) without allocating:
+/// this runs for every message a node receives.
+fn matches(node: &FilterTree, rest: Option<&str>, system: bool) -> bool {
+    let Some(rest) = rest else {
         return node.here > 0 || node.children.get("#").is_some_and(|h| h.here > 0);
+    };
+    let (level, next) = match rest.split_once('/') {
+        Some((level, next)) => (level, Some(next)),
+        None => (rest, None),
     };
     if node
         .children
-        .get(*first)
-        .is_some_and(|c| matches(c, rest, false))
+        .get(level)
+        .is_some_and(|c| matches(c, next, false))
     {
         return true;
     }
@@ -81,7 +86,7 @@ fn matches(node: &FilterTree, levels: &[&str], system: bool) -> bool {
     }
     node.children
         .get("+")
-        .is_some_and(|c| matches(c, rest, false))
+        .is_some_and(|c| matches(c, next, false))
         || node.children.get("#").is_some_and(|h| h.here > 0)
 }
 
